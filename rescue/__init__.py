@@ -1,0 +1,3 @@
+"""queue-rescue: move deferred Postfix mail through an alternate smarthost."""
+
+__version__ = "0.1.0"
