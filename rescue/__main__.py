@@ -1,0 +1,5 @@
+"""`python -m rescue` runs the queue-rescue command line."""
+
+from rescue.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Which provider a deferred recipient is waiting on, and how we know."""

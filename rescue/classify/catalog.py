@@ -1,0 +1,204 @@
+"""The provider catalog: built-in data (providers.toml) merged with the user's [[provider]]."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rescue.config import ProviderConfig
+from rescue.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class KnownReason:
+    """A reply text a provider is known to send, and what it means."""
+
+    pattern: str
+    meaning: str = ""
+    reroute_helps: bool = False
+    fix: str = ""
+    source: str = ""
+    examples: tuple[str, ...] = ()
+
+    def search(self, text: str) -> bool:
+        return re.search(self.pattern, text, re.IGNORECASE) is not None
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    label: str
+    mx: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    known: tuple[KnownReason, ...] = ()
+    # Reasons that make a deferral worth rerouting; None: those known ones where
+    # rerouting helps; an empty tuple: any deferral.
+    reasons: tuple[str, ...] | None = None
+    reroute: str = "manual"
+    min_age: float = 0.0
+    min_messages: int = 1
+    max_per_cycle: int | None = None
+    sources: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def _mx_regex(self) -> re.Pattern[str] | None:
+        if not self.mx:
+            return None
+        parts = (fnmatch.translate(p.lower()) for p in self.mx)
+        return re.compile("|".join(f"(?:{p})" for p in parts))
+
+    @cached_property
+    def _select(self) -> tuple[re.Pattern[str], ...]:
+        patterns = self.reasons
+        if patterns is None:
+            patterns = tuple(k.pattern for k in self.known if k.reroute_helps)
+        return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
+
+    def owns_mx(self, host: str) -> bool:
+        regex = self._mx_regex
+        return regex is not None and regex.match(host.lower().rstrip(".")) is not None
+
+    def owns_domain(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+    def selecting_pattern(self, reason: str) -> str | None:
+        """The reason pattern that makes this deferral worth rerouting, if one does.
+
+        With `reasons = []` in the config every deferral qualifies ("*").
+        """
+        if self.reasons is not None and not self.reasons:
+            return "*"
+        for regex in self._select:
+            if regex.search(reason):
+                return regex.pattern
+        return None
+
+    def explain(self, reason: str) -> KnownReason | None:
+        for known in self.known:
+            if known.search(reason):
+                return known
+        return None
+
+
+BUILTIN_CATALOG = "providers.toml"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    providers: tuple[Provider, ...]
+
+    @cached_property
+    def by_name(self) -> dict[str, Provider]:
+        return {p.name: p for p in self.providers}
+
+    def for_mx(self, host: str) -> Provider | None:
+        for provider in self.providers:
+            if provider.owns_mx(host):
+                return provider
+        return None
+
+    def for_domain(self, domain: str) -> Provider | None:
+        for provider in self.providers:
+            if provider.owns_domain(domain):
+                return provider
+        return None
+
+    def for_reason_text(self, reason: str) -> tuple[Provider, KnownReason] | None:
+        """The one provider whose known reply texts match, or None if none or several do."""
+        found = []
+        for provider in self.providers:
+            known = provider.explain(reason)
+            if known is not None:
+                found.append((provider, known))
+        return found[0] if len(found) == 1 else None
+
+
+def _as_tuple(value: Any, path: Path, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(path, key, "expected a list of strings")
+    return tuple(value)
+
+
+def _parse_known(item: Any, path: Path, key: str) -> KnownReason:
+    if not isinstance(item, dict) or not isinstance(item.get("pattern"), str):
+        raise ConfigError(path, key, "expected a table with a string `pattern`")
+    try:
+        re.compile(item["pattern"], re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(path, f"{key}.pattern", f"not a valid regex: {exc}") from None
+    return KnownReason(
+        pattern=item["pattern"],
+        meaning=str(item.get("meaning", "")),
+        reroute_helps=bool(item.get("reroute_helps", False)),
+        fix=str(item.get("fix", "")),
+        source=str(item.get("source", "")),
+        examples=_as_tuple(item.get("examples", []), path, f"{key}.examples"),
+    )
+
+
+def parse_catalog(data: dict[str, Any], path: Path) -> tuple[Provider, ...]:
+    providers = []
+    for index, entry in enumerate(data.get("provider", [])):
+        key = f"provider[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(path, key, "expected a table with a string `name`")
+        providers.append(
+            Provider(
+                name=entry["name"].lower(),
+                label=str(entry.get("label", entry["name"])),
+                mx=_as_tuple(entry.get("mx", []), path, f"{key}.mx"),
+                domains=tuple(
+                    d.lower() for d in _as_tuple(entry.get("domains", []), path, f"{key}.domains")
+                ),
+                known=tuple(
+                    _parse_known(r, path, f"{key}.reason[{i}]")
+                    for i, r in enumerate(entry.get("reason", []))
+                ),
+                sources=_as_tuple(entry.get("sources", []), path, f"{key}.sources"),
+            )
+        )
+    return tuple(providers)
+
+
+def read_builtin() -> tuple[Provider, ...]:
+    resource = resources.files("rescue.classify").joinpath(BUILTIN_CATALOG)
+    data = tomllib.loads(resource.read_text(encoding="utf-8"))
+    return parse_catalog(data, Path(str(resource)))
+
+
+def merge(builtin: Iterable[Provider], overrides: Sequence[ProviderConfig]) -> Catalog:
+    """Apply [[provider]] tables: same name overrides the fields it sets, new names add.
+
+    User entries come first so that they win where patterns overlap.
+    """
+    by_name = {p.name: p for p in builtin}
+    ordered: list[Provider] = []
+    for override in overrides:
+        base = by_name.pop(override.name, None) or Provider(
+            name=override.name, label=override.label or override.name
+        )
+        ordered.append(
+            replace(
+                base,
+                label=override.label or base.label,
+                mx=override.mx if override.mx is not None else base.mx,
+                domains=override.domains if override.domains is not None else base.domains,
+                reasons=override.reasons if override.reasons is not None else base.reasons,
+                reroute=override.reroute,
+                min_age=override.min_age,
+                min_messages=override.min_messages,
+                max_per_cycle=override.max_per_cycle,
+            )
+        )
+    return Catalog(tuple(ordered) + tuple(by_name.values()))
+
+
+def load_catalog(overrides: Sequence[ProviderConfig] = ()) -> Catalog:
+    return merge(read_builtin(), overrides)

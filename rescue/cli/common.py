@@ -1,0 +1,198 @@
+"""What every command shares: the config, logging, the error boundary, the queue inventory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from rescue.classify.catalog import Catalog, load_catalog
+from rescue.classify.dns import MxResolver
+from rescue.config import Config, config_path
+from rescue.config import load_config as _load_config
+from rescue.errors import (
+    ConfigError,
+    JournalError,
+    LockedError,
+    PostfixError,
+    RescueError,
+)
+from rescue.exitcodes import ExitCode
+from rescue.inventory import Inventory, take_inventory
+from rescue.postfix.commands import Postfix
+
+log = logging.getLogger("rescue")
+T = TypeVar("T")
+
+
+@dataclass
+class State:
+    config_option: str | None
+    _config: Config | None = field(default=None)
+
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = _load_config(config_path(self.config_option))
+        return self._config
+
+
+def load_config(ctx: click.Context) -> Config:
+    """The command's configuration, read and validated once."""
+    state = ctx.find_object(State)
+    if state is None:  # a command invoked on its own, outside the group
+        state = ctx.ensure_object(State)
+    return state.config()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            ensure_ascii=False,
+        )
+
+
+def setup_logging(verbose: int, log_format: str) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("queue-rescue: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Library chatter (aiosmtplib, asyncio) only when asked for.
+    for name in ("asyncio", "aiosmtplib"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def fail(code: ExitCode, message: str) -> NoReturn:
+    click.echo(f"queue-rescue: error: {message}", err=True)
+    sys.exit(int(code))
+
+
+class RescueGroup(click.Group):
+    """The one error boundary: known errors print one line; a bug says so."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            fail(ExitCode.USAGE, str(exc))
+        except LockedError as exc:
+            fail(ExitCode.LOCKED, f"another queue-rescue is running: {exc}")
+        except PostfixError as exc:
+            fail(ExitCode.POSTFIX, str(exc))
+        except JournalError as exc:
+            fail(ExitCode.SOFTWARE, str(exc))
+        except RescueError as exc:
+            fail(ExitCode.PARTIAL, str(exc))
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            fail(ExitCode.INTERRUPTED, "interrupted; every message this run held was released")
+        except Exception as exc:
+            log.debug("unexpected error", exc_info=True)
+            fail(
+                ExitCode.SOFTWARE,
+                f"unexpected error (a bug, please report it): {exc!r}; "
+                "held messages were released; run with -vv for the traceback",
+            )
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run where SIGTERM, like Ctrl-C, cancels the work so `finally` blocks run."""
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"expected a duration like 30m, 2h, 1d, got {text!r}")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+def duration_option(value: str | None) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+def own_relays(cfg: Config, postfix: Postfix) -> tuple[str, ...]:
+    """Relays of our own: the configured ones plus Postfix's relayhost."""
+    relays = list(cfg.postfix.own_relays)
+    try:
+        relayhost = postfix.postconf("relayhost")
+    except PostfixError:
+        relayhost = ""
+    for word in relayhost.replace(",", " ").split():
+        host = word.strip("[]").split("]")[0].split(":")[0].lower()
+        if host:
+            relays.append(host)
+    return tuple(relays)
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """The queue as a command sees it: the inventory and how it was made."""
+
+    inventory: Inventory
+    catalog: Catalog
+    postfix: Postfix
+
+
+def inventory_of(cfg: Config, *, use_dns: bool = True) -> QueueView:
+    postfix = Postfix(cfg.postfix)
+    catalog = load_catalog(cfg.providers)
+    relays = own_relays(cfg, postfix)
+
+    async def collect() -> Inventory:
+        resolver = MxResolver(cfg.dns) if (use_dns and cfg.dns.enabled) else None
+        return await take_inventory(postfix.listing(), catalog, resolver, relays)
+
+    inventory = run_async(collect())
+    for bad in inventory.bad:
+        log.warning(
+            "%s: unreadable line %d of the queue listing: %s",
+            bad.queue_id or "?",
+            bad.number,
+            bad.problem,
+        )
+    return QueueView(inventory, catalog, postfix)
+
+
+def is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,148 @@
+"""Terminal and JSON output: one JSON object a line for scripts, tables and a bar for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rescue.flush import Outcome, Summary
+
+
+def json_line(obj: dict[str, Any], stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    out.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    out.flush()
+
+
+def age(seconds: float) -> str:
+    """A short age: 45s, 12m, 3h05m, 2d04h."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def show_sender(address: str) -> str:
+    return address if address else "<>"
+
+
+def console(stream: TextIO | None = None) -> Console:
+    # Colour and boxes on a terminal; plain text when piped (rich decides from the stream).
+    return Console(file=stream or sys.stdout, highlight=False, soft_wrap=False)
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    data = asdict(outcome)
+    data["envelope_sender"] = outcome.envelope_sender
+    return data
+
+
+class FlushReporter:
+    """Reports each message as it settles: JSON lines, or a progress bar with log lines."""
+
+    def __init__(self, *, as_json: bool, total: int, interactive: bool, dry_run: bool) -> None:
+        self.as_json = as_json
+        self.dry_run = dry_run
+        self.now = time.time()
+        self.outcomes: list[Outcome] = []
+        self._progress: Progress | None = None
+        self._task: Any = None
+        if interactive and not as_json and not dry_run and total:
+            self._progress = Progress(
+                TextColumn("rerouting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._progress.add_task("flush", total=total)
+            self._progress.start()
+
+    def __call__(self, outcome: Outcome) -> None:
+        if self.as_json:
+            json_line(outcome_json(outcome))
+        else:
+            self.outcomes.append(outcome)
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def finish(self, summary: Summary) -> None:
+        self.close()
+        if self.as_json:
+            json_line({"summary": summary.as_dict()})
+            return
+        out = console()
+        if self.dry_run:
+            self._dry_run_table(out)
+        else:
+            self._result_lines(out)
+        counts = summary.as_dict()
+        words = [f"{counts['selected']} selected"]
+        for key in ("would_reroute", "rerouted", "released", "failed", "skipped"):
+            if counts[key]:
+                words.append(f"{counts[key]} {key.replace('_', '-')}")
+        if counts["uncertain"]:
+            words.append(f"{counts['uncertain']} may have been sent more than once")
+        if not self.dry_run and counts["rerouted"]:
+            words.append(f"{counts['messages_per_second']} msg/s")
+        out.print("Summary: " + ", ".join(words) + f" in {summary.elapsed:.1f}s")
+
+    def _dry_run_table(self, out: Console) -> None:
+        if not self.outcomes:
+            return
+        table = Table(title="Dry run: would reroute (nothing was changed)")
+        for column in (
+            "queue id",
+            "age",
+            "sender -> envelope sender",
+            "recipients",
+            "provider",
+            "reason matched",
+            "smarthost",
+        ):
+            table.add_column(column, overflow="fold")
+        for o in self.outcomes:
+            table.add_row(
+                o.queue_id,
+                age(self.now - o.arrival_time),
+                f"{show_sender(o.sender)} -> {show_sender(o.envelope_sender or '')}",
+                "\n".join(o.recipients),
+                o.provider or "-",
+                o.reason or "-",
+                o.smarthost or "-",
+            )
+        out.print(table)
+
+    def _result_lines(self, out: Console) -> None:
+        for o in self.outcomes:
+            if o.action == "rerouted":
+                out.print(f"{o.queue_id} rerouted via {o.smarthost}: {o.reply}", markup=False)
+            else:
+                out.print(f"{o.queue_id} {o.action}: {o.detail}", markup=False)
+
+
+def provider_table(rows: Iterable[Sequence[str]], headers: Sequence[str], title: str) -> Table:
+    table = Table(title=title)
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="right" if 0 < index < 4 else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table

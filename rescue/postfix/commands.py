@@ -1,0 +1,211 @@
+"""The edge to a live Postfix: postqueue, postsuper and postcat, batched where possible."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue.config import PostfixConfig
+from rescue.errors import PostfixError, QueueFileError
+from rescue.model import Envelope, QueuedMessage, Recipient
+from rescue.postfix.listing import BadLine, parse_listing
+
+# postsuper reports each message it acted on: "postsuper: ABC123: placed on hold".
+_POSTSUPER_LINE = re.compile(
+    rb"^postsuper: ([0-9A-Za-z]+): (placed on hold|released from hold|removed)"
+)
+
+# Queue ids are letters and digits only; anything else never reaches a command line.
+_QUEUE_ID = re.compile(r"^[0-9A-Za-z]{5,32}$")
+
+COMMAND_TIMEOUT = 300.0
+
+
+def valid_queue_id(queue_id: str) -> bool:
+    return bool(_QUEUE_ID.match(queue_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Postfix:
+    """Runs Postfix's own commands against one instance (`-c config_dir`)."""
+
+    config: PostfixConfig
+
+    def _command(self, name: str) -> list[str]:
+        return [str(self.config.command_dir / name), "-c", str(self.config.config_dir)]
+
+    def _run(self, args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run(
+                args, input=stdin, capture_output=True, timeout=COMMAND_TIMEOUT, check=False
+            )
+        except FileNotFoundError:
+            raise PostfixError(f"{args[0]} not found (check [postfix] command_dir)") from None
+        except PermissionError:
+            raise PostfixError(f"{args[0]}: permission denied") from None
+        except subprocess.TimeoutExpired:
+            raise PostfixError(
+                f"{' '.join(args)} did not finish in {COMMAND_TIMEOUT:.0f}s"
+            ) from None
+
+    # --- reading ------------------------------------------------------------------------
+
+    def listing(self) -> Iterator[QueuedMessage | BadLine]:
+        """Stream `postqueue -j`; each message once (the listing may repeat one)."""
+        args = [*self._command("postqueue"), "-j"]
+        try:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise PostfixError(f"{args[0]} not found (check [postfix] command_dir)") from None
+        assert proc.stdout is not None
+        seen: set[str] = set()
+        try:
+            for item in parse_listing(proc.stdout):
+                if isinstance(item, QueuedMessage):
+                    if item.queue_id in seen:
+                        continue
+                    seen.add(item.queue_id)
+                yield item
+        finally:
+            proc.stdout.close()
+            stderr = proc.stderr.read() if proc.stderr else b""
+            code = proc.wait()
+        if code != 0:
+            detail = stderr.decode("utf-8", "replace").strip() or f"exit status {code}"
+            raise PostfixError(f"postqueue -j failed: {detail}")
+
+    def queue_directory(self) -> Path:
+        if self.config.queue_directory is not None:
+            return self.config.queue_directory
+        result = self._run([*self._command("postconf"), "-h", "queue_directory"])
+        if result.returncode != 0:
+            raise PostfixError("postconf -h queue_directory failed: " + _text(result.stderr))
+        return Path(result.stdout.decode().strip())
+
+    def postconf(self, name: str) -> str:
+        result = self._run([*self._command("postconf"), "-h", name])
+        if result.returncode != 0:
+            raise PostfixError(f"postconf -h {name} failed: " + _text(result.stderr))
+        return result.stdout.decode("utf-8", "replace").strip()
+
+    def read_envelope(self, queue_id: str) -> Envelope:
+        """Envelope and content through postcat (two process starts; the slow path).
+
+        Raises FileNotFoundError when the message is gone, QueueFileError when it
+        cannot be read.
+        """
+        envelope = self._postcat(queue_id, "-e")
+        content = self._postcat(queue_id, "-bh")
+        return envelope_from_postcat(queue_id, envelope, content)
+
+    def _postcat(self, queue_id: str, flags: str) -> bytes:
+        if not valid_queue_id(queue_id):
+            raise QueueFileError(queue_id, "not a queue id")
+        result = self._run([*self._command("postcat"), flags, "-q", queue_id])
+        if result.returncode != 0:
+            detail = _text(result.stderr)
+            if "not found" in detail or "No such file" in detail:
+                raise FileNotFoundError(queue_id)
+            raise QueueFileError(queue_id, f"postcat {flags} failed: {detail}")
+        return result.stdout
+
+    # --- changing the queue (batched: one process for any number of ids) ----------------
+
+    def _postsuper(self, flag: str, queue_ids: Iterable[str], queue: str) -> set[str]:
+        ids = [q for q in queue_ids if valid_queue_id(q)]
+        if not ids:
+            return set()
+        stdin = "".join(f"{q}\n" for q in ids).encode()
+        result = self._run([*self._command("postsuper"), flag, "-", queue], stdin)
+        done = {
+            m.group(1).decode()
+            for line in result.stderr.splitlines()
+            if (m := _POSTSUPER_LINE.match(line))
+        }
+        if result.returncode != 0:
+            raise PostfixError(f"postsuper {flag} - {queue} failed: {_text(result.stderr)}")
+        return done
+
+    def hold(self, queue_ids: Iterable[str]) -> set[str]:
+        """Hold messages that are in the deferred queue now; returns those really held.
+
+        Limiting to `deferred` leaves alone a message the queue manager is delivering.
+        """
+        return self._postsuper("-h", queue_ids, "deferred")
+
+    def release(self, queue_ids: Iterable[str]) -> set[str]:
+        """Move held messages back to the deferred queue, where Postfix retries them."""
+        return self._postsuper("-H", queue_ids, "hold")
+
+    def delete(self, queue_ids: Iterable[str]) -> set[str]:
+        """Delete messages from the hold queue only (never one Postfix is working on)."""
+        return self._postsuper("-d", queue_ids, "hold")
+
+
+def _text(data: bytes) -> str:
+    return " ".join(data.decode("utf-8", "replace").split())[:500]
+
+
+# --- postcat output (pure) --------------------------------------------------------------
+
+# Postfix's dsn_mask.h: NEVER 1, SUCCESS 2, FAILURE 4, DELAY 8; RET FULL 1, HDRS 2.
+_NOTIFY_WORDS = ((2, "SUCCESS"), (8, "DELAY"), (4, "FAILURE"))
+_NOTIFY_NEVER = 1
+_RET = {"1": "FULL", "2": "HDRS"}
+
+
+def notify_keywords(flags: int) -> str | None:
+    """RFC 3461 NOTIFY keywords from Postfix's stored bit mask; None when unset."""
+    if not flags:
+        return None
+    if flags & _NOTIFY_NEVER:
+        return "NEVER"
+    return ",".join(word for bit, word in _NOTIFY_WORDS if flags & bit) or None
+
+
+def envelope_from_postcat(queue_id: str, envelope: bytes, content: bytes) -> Envelope:
+    """An Envelope from `postcat -e` records: pending recipients with their DSN data.
+
+    `recipient:` records are pending; Postfix rewrites a delivered one in place
+    into `done_recipient:`. DSN records come before the recipient they belong to.
+    """
+    sender: str | None = None
+    envid = ret = None
+    recipients: list[Recipient] = []
+    orcpt: str | None = None
+    notify: str | None = None
+    for raw in envelope.splitlines():
+        line = raw.decode("utf-8", "surrogateescape")
+        name, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        if name == "named_attribute":
+            # Postfix 3.x keeps DSN data as named attributes before each recipient.
+            name, _, value = value.partition("=")
+        if name == "sender":
+            sender = value
+        elif name in ("envelope_id", "dsn_envid"):
+            envid = value or None
+        elif name in ("ret_flags", "dsn_ret"):
+            ret = _RET.get(value.strip())
+        elif name == "dsn_orig_rcpt":
+            orcpt = value or None
+        elif name in ("notify_flags", "dsn_notify_flags"):
+            notify = notify_keywords(int(value)) if value.strip().isdigit() else None
+        elif name in ("recipient", "done_recipient"):
+            if name == "recipient":
+                recipients.append(Recipient(address=value, orig_rcpt=orcpt, notify=notify))
+            orcpt = notify = None
+    if sender is None:
+        raise QueueFileError(queue_id, "postcat shows no sender record")
+    return Envelope(
+        queue_id=queue_id,
+        sender=sender,
+        recipients=tuple(recipients),
+        content=content,
+        envid=envid,
+        ret=ret,
+    )

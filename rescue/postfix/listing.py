@@ -1,0 +1,85 @@
+"""Parse `postqueue -j` output: one JSON object per queued message per line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from rescue.model import QueuedMessage, Recipient
+
+# showq lists the null sender under this name; the queue file (read before sending)
+# has the authoritative envelope sender.
+SHOWQ_NULL_SENDER = "MAILER-DAEMON"
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line of the listing that could not be read; reported, never guessed at."""
+
+    number: int
+    problem: str
+    queue_id: str | None = None
+
+
+def parse_line(line: bytes | str) -> QueuedMessage:
+    """One listing line as a message; raises ValueError with a reason on bad input."""
+    if isinstance(line, bytes):
+        # Postfix writes addresses as they came (SMTPUTF8, or broken 8-bit bytes).
+        line = line.decode("utf-8", errors="surrogateescape")
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    queue_id = obj.get("queue_id")
+    if not isinstance(queue_id, str) or not queue_id.isalnum():
+        raise ValueError(f"bad queue_id {queue_id!r}")
+    recipients = obj.get("recipients")
+    if not isinstance(recipients, list):
+        raise ValueError(f"{queue_id}: recipients missing")
+    parsed = []
+    for item in recipients:
+        if not isinstance(item, dict) or not isinstance(item.get("address"), str):
+            raise ValueError(f"{queue_id}: bad recipient {item!r}")
+        reason = item.get("delay_reason", "")
+        parsed.append(Recipient(address=item["address"], delay_reason=str(reason or "")))
+    sender = obj.get("sender")
+    if not isinstance(sender, str):
+        raise ValueError(f"{queue_id}: sender missing")
+    if sender == SHOWQ_NULL_SENDER:
+        sender = ""
+    arrival = obj.get("arrival_time")
+    size = obj.get("message_size")
+    if not isinstance(arrival, int) or not isinstance(size, int):
+        raise ValueError(f"{queue_id}: arrival_time or message_size missing")
+    return QueuedMessage(
+        queue_id=queue_id,
+        queue_name=str(obj.get("queue_name", "")),
+        arrival_time=arrival,
+        size=size,
+        sender=sender,
+        recipients=tuple(parsed),
+        forced_expire=bool(obj.get("forced_expire", False)),
+    )
+
+
+def parse_listing(lines: Iterable[bytes | str]) -> Iterator[QueuedMessage | BadLine]:
+    for number, raw in enumerate(lines, 1):
+        line = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n")
+        if not line:
+            continue
+        try:
+            yield parse_line(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            yield BadLine(number, str(exc), _guess_id(line))
+
+
+def _guess_id(line: bytes | str) -> str | None:
+    """The queue id of a damaged line if it can still be seen, for the report."""
+    text = line.decode("ascii", "replace") if isinstance(line, bytes) else line
+    marker = '"queue_id": "'
+    start = text.find(marker)
+    if start < 0:
+        return None
+    end = text.find('"', start + len(marker))
+    candidate = text[start + len(marker) : end] if end > 0 else ""
+    return candidate if candidate.isalnum() else None

@@ -1,0 +1,100 @@
+"""Repair what an interrupted run left: delete what was accepted, release the rest.
+
+Runs at the start of every command that changes the queue, under the lock. It
+acts only on queue files the journal recorded (same queue id, arrival time and
+size), so mail someone put on hold by hand is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rescue.journal import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Entry, Journal
+from rescue.model import QueuedMessage
+from rescue.postfix.commands import Postfix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    deleted: tuple[str, ...] = ()
+    released: tuple[str, ...] = ()
+    gone: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.deleted or self.released or self.gone)
+
+
+def _on_hold(postfix: Postfix) -> dict[str, QueuedMessage]:
+    held: dict[str, QueuedMessage] = {}
+    for item in postfix.listing():
+        if isinstance(item, QueuedMessage) and item.queue_name == "hold":
+            held[item.key] = item
+    return held
+
+
+def recover(journal: Journal, postfix: Postfix) -> RecoveryReport:
+    entries = journal.unfinished()
+    if not entries:
+        return RecoveryReport()
+    held = _on_hold(postfix)
+    to_delete = [e for e in entries if e.state == ACCEPTED and e.key in held]
+    to_release = [e for e in entries if e.state != ACCEPTED and e.key in held]
+    gone = [e for e in entries if e.key not in held]
+
+    deleted = postfix.delete(e.queue_id for e in to_delete)
+    _record(
+        journal,
+        [e for e in to_delete if e.queue_id in deleted],
+        DELETED,
+        "recovery: accepted by the smarthost in an earlier run; deleted, not sent again",
+    )
+    for entry in to_delete:
+        if entry.queue_id in deleted:
+            log.info(
+                "%s: recovery: accepted earlier by %s (%s); deleted from hold",
+                entry.queue_id,
+                entry.smarthost,
+                entry.reply,
+            )
+
+    released = postfix.release(e.queue_id for e in to_release)
+    for entry in to_release:
+        if entry.queue_id not in released:
+            continue
+        if entry.state == SENDING:
+            log.warning(
+                "%s: recovery: was being sent to %s when the previous run stopped; released "
+                "to Postfix (if the smarthost took it, it may be delivered twice)",
+                entry.queue_id,
+                entry.smarthost,
+            )
+        else:
+            log.info("%s: recovery: held by an earlier run; released to Postfix", entry.queue_id)
+    _record(
+        journal,
+        [e for e in to_release if e.queue_id in released],
+        RELEASED,
+        "recovery: released to Postfix",
+    )
+
+    # Not on hold any more: someone (or our own delete/release just before a crash)
+    # already moved it. The journal stops tracking it.
+    for entry in gone:
+        final = DELETED if entry.state == ACCEPTED else SKIPPED
+        log.info("%s: recovery: no longer on hold; marked %s", entry.queue_id, final)
+    _record(journal, [e for e in gone if e.state == ACCEPTED], DELETED, "recovery: already gone")
+    _record(journal, [e for e in gone if e.state != ACCEPTED], SKIPPED, "recovery: already gone")
+    return RecoveryReport(
+        deleted=tuple(sorted(deleted)),
+        released=tuple(sorted(released)),
+        gone=tuple(sorted(e.queue_id for e in gone)),
+    )
+
+
+def _record(journal: Journal, entries: Iterable[Entry], state: str, detail: str) -> None:
+    journal.record(((e.key, e.queue_id) for e in entries), state, detail=detail)

@@ -1,0 +1,65 @@
+"""Parsing `postqueue -j`: good lines become messages, bad ones are reported, never guessed."""
+
+from __future__ import annotations
+
+import json
+
+from rescue.model import QueuedMessage
+from rescue.postfix.listing import BadLine, parse_listing
+
+
+def line(**overrides: object) -> bytes:
+    obj: dict[str, object] = {
+        "queue_name": "deferred",
+        "queue_id": "4F2A81C0D3",
+        "arrival_time": 1700000000,
+        "message_size": 1234,
+        "forced_expire": False,
+        "sender": "alice@example.com",
+        "recipients": [
+            {"address": "bob@kunde1.test", "delay_reason": "host x[1.2.3.4] said: 421 no"}
+        ],
+    }
+    obj.update(overrides)
+    return json.dumps(obj).encode() + b"\n"
+
+
+def test_good_line() -> None:
+    [msg] = list(parse_listing([line()]))
+    assert isinstance(msg, QueuedMessage)
+    assert msg.queue_id == "4F2A81C0D3"
+    assert msg.recipients[0].domain == "kunde1.test"
+    assert msg.key == "4F2A81C0D3:1700000000:1234"
+
+
+def test_null_sender_and_recipient_without_reason() -> None:
+    [msg] = list(parse_listing([line(sender="", recipients=[{"address": "x@y.test"}])]))
+    assert isinstance(msg, QueuedMessage)
+    assert msg.sender == "" and msg.recipients[0].delay_reason == ""
+
+
+def test_garbage_truncated_and_wrong_types_are_reported_with_line_numbers() -> None:
+    good = line(queue_id="AAAAA11111")
+    truncated = line(queue_id="BBBBB22222")[:60]
+    items = list(
+        parse_listing(
+            [good, b"garbage\n", truncated, line(recipients="nope"), b"\n", b"[1,2]\n", good]
+        )
+    )
+    bad = [i for i in items if isinstance(i, BadLine)]
+    ok = [i for i in items if isinstance(i, QueuedMessage)]
+    assert [b.number for b in bad] == [2, 3, 4, 6]
+    assert bad[1].queue_id == "BBBBB22222"
+    assert len(ok) == 2
+
+
+def test_non_utf8_address_survives() -> None:
+    raw = line().replace(b"alice@example.com", b"al\xe9ce@example.com")
+    [msg] = list(parse_listing([raw]))
+    assert isinstance(msg, QueuedMessage)
+    assert msg.sender.encode("utf-8", "surrogateescape") == b"al\xe9ce@example.com"
+
+
+def test_bad_queue_id_is_refused() -> None:
+    [item] = list(parse_listing([line(queue_id="../../etc")]))
+    assert isinstance(item, BadLine)
