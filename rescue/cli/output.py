@@ -40,7 +40,7 @@ def show_sender(address: str) -> str:
 
 def console(stream: TextIO | None = None) -> Console:
     # Colour and boxes on a terminal; plain text when piped (rich decides from the stream).
-    return Console(file=stream or sys.stdout, highlight=False, soft_wrap=False)
+    return Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -106,21 +106,8 @@ class FlushReporter:
         out.print("Summary: " + ", ".join(words) + f" in {summary.elapsed:.1f}s")
 
     def _dry_run_table(self, out: Console) -> None:
-        if not self.outcomes:
-            return
-        table = Table(title="Dry run: would reroute (nothing was changed)")
-        for column in (
-            "queue id",
-            "age",
-            "sender -> envelope sender",
-            "recipients",
-            "provider",
-            "reason matched",
-            "smarthost",
-        ):
-            table.add_column(column, overflow="fold")
-        for o in self.outcomes:
-            table.add_row(
+        rows = [
+            (
                 o.queue_id,
                 age(self.now - o.arrival_time),
                 f"{show_sender(o.sender)} -> {show_sender(o.envelope_sender or '')}",
@@ -129,7 +116,20 @@ class FlushReporter:
                 o.reason or "-",
                 o.smarthost or "-",
             )
-        out.print(table)
+            for o in self.outcomes
+        ]
+        headers = (
+            "queue id",
+            "age",
+            "sender -> envelope sender",
+            "recipients",
+            "provider",
+            "reason matched",
+            "smarthost",
+        )
+        if rows:
+            print_table(out, "Dry run: would reroute (nothing was changed)", headers, rows)
+        out.print("Dry run: nothing was changed.")
 
     def _result_lines(self, out: Console) -> None:
         for o in self.outcomes:
@@ -139,10 +139,22 @@ class FlushReporter:
                 out.print(f"{o.queue_id} {o.action}: {o.detail}", markup=False)
 
 
-def provider_table(rows: Iterable[Sequence[str]], headers: Sequence[str], title: str) -> Table:
+_NUMERIC = frozenset({"messages", "recipients", "oldest", "count", "age"})
+
+
+def print_table(
+    out: Console, title: str, headers: Sequence[str], rows: Iterable[Sequence[str]]
+) -> None:
+    """A table on a terminal; tab-separated lines (header first) when piped."""
+    if not out.is_terminal:
+        out.print("\t".join(headers), markup=False)
+        for row in rows:
+            out.print("\t".join(cell.replace("\n", "; ") for cell in row), markup=False)
+        return
     table = Table(title=title)
     for index, header in enumerate(headers):
-        table.add_column(header, justify="right" if 0 < index < 4 else "left", overflow="fold")
+        numeric = header in _NUMERIC
+        table.add_column(header, justify="right" if numeric and index else "left", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    return table
+    out.print(table)

@@ -10,7 +10,7 @@ import click
 
 from rescue.classify.reasons import normalize_reason
 from rescue.cli.common import inventory_of, load_config
-from rescue.cli.output import age, console, json_line, provider_table
+from rescue.cli.output import age, console, json_line, print_table
 from rescue.inventory import Inventory
 
 UNKNOWN = "(unknown)"
@@ -97,12 +97,11 @@ def scan(ctx: click.Context, as_json: bool, no_dns: bool) -> None:
                 + (f"\n(+{len(group.reasons) - 5} more)" if len(group.reasons) > 5 else ""),
             )
         )
-    out.print(
-        provider_table(
-            rows,
-            ("provider", "messages", "recipients", "oldest", "reasons"),
-            "Deferred mail by provider",
-        )
+    print_table(
+        out,
+        "Deferred mail by provider",
+        ("provider", "messages", "recipients", "oldest", "reasons"),
+        rows,
     )
     total = len({m.queue_id for m in inventory.messages if m.queue_name == "deferred"})
     out.print(f"{total} deferred messages.")
