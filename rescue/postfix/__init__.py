@@ -1,0 +1,1 @@
+"""Read Postfix's own files (queue files, defer logs) without Postfix running."""
