@@ -28,6 +28,7 @@ from rescue.journal import Journal
 from rescue.lock import InstanceLock
 from rescue.model import Selected
 from rescue.postfix.commands import Postfix
+from rescue.postfix.reader import HeldMessageReader
 from rescue.recovery import RecoveryReport, recover
 from rescue.select import Selectors, choose
 from rescue.srs import SrsRewriter
@@ -113,7 +114,7 @@ def execute(
         journal=journal,
         srs=SrsRewriter.from_config(cfg.srs),
         dispatcher=Dispatcher(cfg.smarthosts, cfg.retry),
-        read_envelope=postfix.read_envelope,
+        read_envelope=HeldMessageReader(postfix),
         report=reporter,
         primary=cfg.smarthosts[0].name,
     )

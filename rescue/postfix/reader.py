@@ -1,0 +1,60 @@
+"""Read a held message: its queue file directly when we may, else through postcat.
+
+Reading the file saves two process starts a message (the slow part of a large
+flush); postcat is the fallback when the queue directory is not readable.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rescue.errors import PostfixError
+from rescue.model import Envelope
+from rescue.postfix.commands import Postfix, valid_queue_id
+from rescue.postfix.queuefile import read_queue_file
+
+log = logging.getLogger(__name__)
+
+
+def hold_paths(queue_dir: Path, queue_id: str) -> tuple[Path, ...]:
+    """Where a held message may lie: hold/ is flat unless hash_queue_names includes it."""
+    hold = queue_dir / "hold"
+    return (
+        hold / queue_id,
+        hold / queue_id[0] / queue_id,
+        hold / queue_id[0] / queue_id[1] / queue_id,
+    )
+
+
+class HeldMessageReader:
+    """Callable: queue id of a message we hold -> its Envelope (pending recipients)."""
+
+    def __init__(self, postfix: Postfix, *, direct: bool = True) -> None:
+        self._postfix = postfix
+        self._queue_dir: Path | None = None
+        if direct:
+            try:
+                queue_dir = postfix.queue_directory()
+                if (queue_dir / "hold").is_dir():
+                    self._queue_dir = queue_dir
+            except (PostfixError, OSError) as exc:
+                log.info("reading messages through postcat: %s", exc)
+
+    @property
+    def direct(self) -> bool:
+        return self._queue_dir is not None
+
+    def __call__(self, queue_id: str) -> Envelope:
+        if self._queue_dir is not None and valid_queue_id(queue_id):
+            for path in hold_paths(self._queue_dir, queue_id):
+                try:
+                    return read_queue_file(path, queue_id).envelope()
+                except FileNotFoundError:
+                    continue
+                except PermissionError:
+                    log.info("%s: queue file not readable; using postcat", queue_id)
+                    break
+        # Not found where we looked (or not readable): postcat searches every queue
+        # and says FileNotFoundError when the message really is gone.
+        return self._postfix.read_envelope(queue_id)
