@@ -18,6 +18,10 @@ DNS_MX = "dns-mx"
 DOMAINS = "domains"
 REASON_TEXT = "reason-text"
 
+# The note of a recipient whose domain's MX hosts belong to different providers; such a
+# recipient has no provider and `classified_by` DNS_MX (DNS decided it is mixed).
+SEVERAL_PROVIDERS = "MX hosts of several providers: "
+
 
 def _result(
     provider: Provider, reason: str, how: str, mx: str | None, note: str = ""
@@ -31,14 +35,26 @@ def _result(
     )
 
 
+def _is_address(name: str) -> bool:
+    """Postfix names a peer by its address when it has no name (e.g. a [1.2.3.4] nexthop)."""
+    return name.replace(".", "").isdigit() or ":" in name
+
+
 def classify_recipient(
     recipient: Recipient,
     catalog: Catalog,
     mx_answers: Mapping[str, MxAnswer],
     own_relays: Collection[str] = (),
 ) -> Classification:
+    """The provider of one recipient, and how it was decided.
+
+    The reason text alone only decides when no host is known: once the delay
+    reason or DNS names the destination's hosts and none belongs to a provider,
+    the recipient is at no known provider, whatever its reply text resembles.
+    """
     reason = recipient.delay_reason
     notes = []
+    hosts_known: list[str] = []
 
     peer = reason_host(reason) if reason else None
     if peer is not None:
@@ -49,6 +65,8 @@ def classify_recipient(
             provider = catalog.for_mx(host)
             if provider is not None:
                 return _result(provider, reason, REASON_HOST, host)
+            if not _is_address(host):
+                hosts_known.append(host)
 
     answer = mx_answers.get(recipient.domain)
     if answer is not None and answer.error:
@@ -67,7 +85,7 @@ def classify_recipient(
                 provider=None,
                 mx=answer.hosts[0],
                 classified_by=DNS_MX,
-                note="MX hosts of several providers: " + ", ".join(sorted(owners)),
+                note=SEVERAL_PROVIDERS + ", ".join(sorted(owners)),
             )
         if owners:
             provider, host = next(iter(owners.values()))
@@ -75,14 +93,27 @@ def classify_recipient(
                 f"also MX hosts of no known provider: {', '.join(strangers)}" if strangers else ""
             )
             return _result(provider, reason, DNS_MX, host, note)
+        hosts_known.extend(strangers)
 
     provider = catalog.for_domain(recipient.domain)
     if provider is not None:
         return _result(provider, reason, DOMAINS, None, "; ".join(notes))
 
-    if reason:
+    if hosts_known:
+        notes.append(f"{', '.join(dict.fromkeys(hosts_known))}: no known provider")
+    elif reason:
         found = catalog.for_reason_text(reason)
         if found is not None:
             return _result(found[0], reason, REASON_TEXT, None, "; ".join(notes))
 
-    return Classification(provider=None, note="; ".join(notes))
+    return Classification(
+        provider=None, mx=hosts_known[0] if hosts_known else None, note="; ".join(notes)
+    )
+
+
+def mixed_providers(classification: Classification) -> tuple[str, ...]:
+    """The providers a mixed-MX recipient's MX hosts belong to; () for any other result."""
+    c = classification
+    if c.provider is None and c.classified_by == DNS_MX and c.note.startswith(SEVERAL_PROVIDERS):
+        return tuple(c.note[len(SEVERAL_PROVIDERS) :].split(", "))
+    return ()

@@ -147,9 +147,11 @@ def print_table(
 ) -> None:
     """A table on a terminal; tab-separated lines (header first) when piped."""
     if not out.is_terminal:
-        out.print("\t".join(headers), markup=False)
+        # Written directly: rich would expand the tabs.
+        out.file.write("\t".join(headers) + "\n")
         for row in rows:
-            out.print("\t".join(cell.replace("\n", "; ") for cell in row), markup=False)
+            out.file.write("\t".join(cell.replace("\n", ",") for cell in row) + "\n")
+        out.file.flush()
         return
     table = Table(title=title)
     for index, header in enumerate(headers):

@@ -95,7 +95,7 @@ def test_domains_then_reason_text() -> None:
     c = classify_recipient(rcpt("a@online.de", "connect to x[1.2.3.4]:25: refused"), CATALOG, {})
     assert (c.provider, c.classified_by) == ("ionos", "domains")
     c = classify_recipient(
-        rcpt("a@other.test", "host x[1.2.3.4] said: 421 Nemesis ESMTP"), CATALOG, {}
+        rcpt("a@other.test", "host 192.0.2.1[192.0.2.1] said: 421 Nemesis ESMTP"), CATALOG, {}
     )
     assert (c.provider, c.classified_by) == ("gmx", "reason-text")
 
@@ -186,3 +186,18 @@ def test_empty_selectors() -> None:
     assert not Selectors(all=True).empty
     assert not Selectors(limit=3, providers=frozenset({"x"})).empty
     assert Selectors(limit=3).empty
+
+
+def test_reason_text_does_not_override_known_hosts() -> None:
+    reason = "host 127.0.0.1[127.0.0.1] said: 421 Nemesis ESMTP Service not available"
+    answers = {"elsewhere.test": MxAnswer("elsewhere.test", hosts=("mx.elsewhere.test",))}
+    c = classify_recipient(rcpt("a@elsewhere.test", reason), CATALOG, answers)
+    assert c.provider is None and c.mx == "mx.elsewhere.test"
+    assert "no known provider" in c.note
+    named = "host mx.elsewhere.test[192.0.2.7] said: 421 Nemesis ESMTP Service not available"
+    c = classify_recipient(rcpt("a@elsewhere.test", named), CATALOG, {})
+    assert c.provider is None and c.mx == "mx.elsewhere.test"
+    # Without any host (a DNS failure), the reply text alone may decide.
+    failed = {"elsewhere.test": MxAnswer("elsewhere.test", error="DNS timeout")}
+    c = classify_recipient(rcpt("a@elsewhere.test", reason), CATALOG, failed)
+    assert (c.provider, c.classified_by) == ("gmx", "reason-text")
