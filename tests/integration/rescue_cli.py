@@ -47,6 +47,7 @@ class Rescue:
     smarthosts: list[dict[str, Any]] = field(default_factory=list)
     providers: str = ""
     extra: str = ""
+    command_dir: Path | None = None  # a folder of wrapped Postfix commands, for fault tests
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ class Rescue:
         text = f"""
 [postfix]
 config_dir = "{self.lab.config_dir}"
-command_dir = "{self.lab.command_dir}"
+command_dir = "{self.command_dir or self.lab.command_dir}"
 
 [journal]
 path = "{self.journal_path}"
@@ -113,12 +114,14 @@ max_wait = "200ms"
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
+        """Start a command in its own process group (so a test can kill it whole)."""
         return subprocess.Popen(
             self.command(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).parents[2],
+            start_new_session=True,
         )
 
 

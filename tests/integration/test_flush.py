@@ -7,80 +7,15 @@ queue and what the command printed and returned.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.integration.rescue_cli import SRS_DOMAIN, Rescue, smarthost_entry
-from tests.lab.dns import DnsServer
+from tests.integration.rescue_cli import SRS_DOMAIN
+from tests.integration.world import ACCEPTING_DOMAIN, CUSTOMER_DOMAINS, OTHER_DOMAIN, World, body
 from tests.lab.postfix import PostfixLab, Submission
-from tests.lab.smtpd import FakeProvider, Fault, RecordingSmarthost
+from tests.lab.smtpd import Fault
 
 pytestmark = pytest.mark.postfix
-
-IONOS_MX = [(10, "mx00.kundenserver.de"), (10, "mx01.kundenserver.de")]
-CUSTOMER_DOMAINS = [f"kunde{i}.test" for i in range(1, 41)]
-OTHER_DOMAIN = "partner.test"  # deferred too, but its MX is at a provider we do not reroute
-ACCEPTING_DOMAIN = "accept.test"  # delivered normally
-
-
-@dataclass
-class World:
-    lab: PostfixLab
-    provider: FakeProvider
-    accepting: RecordingSmarthost
-    smarthost: RecordingSmarthost
-    dns: DnsServer
-    root: Path
-
-    def rescue(self, name: str, **kwargs: object) -> Rescue:
-        rescue = Rescue(
-            self.root / name,
-            self.lab,
-            smarthosts=[smarthost_entry("relay1", self.smarthost.port)],
-            extra=f'[dns]\nnameservers = ["127.0.0.1"]\nport = {self.dns.port}\ntimeout = "2s"\n',
-        )
-        for key, value in kwargs.items():
-            setattr(rescue, key, value)
-        return rescue
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("flush")
-    root.chmod(0o755)
-    provider = FakeProvider().start()
-    accepting = RecordingSmarthost().start()
-    smarthost = RecordingSmarthost().start()
-    dns = DnsServer().start()
-    for domain in CUSTOMER_DOMAINS:
-        dns.add_mx(domain, IONOS_MX)
-    dns.add_mx(OTHER_DOMAIN, [(10, "mx.other-provider.test")])
-    transports = {d: provider.next_hop for d in [*CUSTOMER_DOMAINS, OTHER_DOMAIN]}
-    transports[ACCEPTING_DOMAIN] = accepting.next_hop
-    lab = PostfixLab(root / "postfix", transports=transports, name="flush")
-    lab.start()
-    try:
-        yield World(lab, provider, accepting, smarthost, dns, root)
-    finally:
-        lab.stop()
-        for server in (provider, accepting, smarthost, dns):
-            server.stop()
-
-
-@pytest.fixture
-def w(world: World) -> World:
-    world.lab.clear()
-    world.smarthost.reset()
-    world.accepting.reset()
-    world.provider.reset()
-    return world
-
-
-def body(n: int, extra: bytes = b"") -> bytes:
-    return b"From: alice@example.com\nSubject: order %d\n\nHello %d.\n%s" % (n, n, extra)
 
 
 def queue_files(lab: PostfixLab) -> dict[str, str]:

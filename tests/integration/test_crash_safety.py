@@ -1,0 +1,226 @@
+"""No mail lost, none sent twice: SIGKILL at the worst moments, signals, the lock.
+
+After every crash a second `flush` must leave each message accepted by the
+smarthost exactly once, or back in Postfix's deferred queue; none on hold.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.integration.rescue_cli import Rescue
+from tests.integration.world import World, body
+from tests.lab import wait_for
+from tests.lab.postfix import Submission
+from tests.lab.smtpd import Fault
+
+pytestmark = pytest.mark.postfix
+
+WRAPPER = """#!/bin/sh
+# Test stand-in for postsuper: stops before the real one while {flag} exists.
+for arg in "$@"; do
+    if [ "$arg" = "{option}" ] && [ -e "{flag}" ]; then
+        touch "{reached}"
+        while [ -e "{flag}" ]; do sleep 0.05; done
+    fi
+done
+exec {real} "$@"
+"""
+
+
+def wrapped_commands(folder: Path, real_dir: Path, option: str) -> tuple[Path, Path, Path]:
+    """A command folder whose postsuper blocks on `option` while a flag file exists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("postqueue", "postcat", "postconf"):
+        (folder / name).symlink_to(real_dir / name)
+    flag, reached = folder / "block", folder / "reached"
+    script = folder / "postsuper"
+    script.write_text(
+        WRAPPER.format(option=option, flag=flag, reached=reached, real=real_dir / "postsuper")
+    )
+    script.chmod(0o755)
+    flag.touch()
+    return folder, flag, reached
+
+
+def submit(w: World, n: int) -> list[str]:
+    ids = w.lab.submit_many(
+        Submission("alice@example.com", (f"c{i}@kunde{i % 30 + 1}.test",), body(i))
+        for i in range(n)
+    )
+    w.lab.wait_deferred(n)
+    return ids
+
+
+def kill_hard(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def assert_each_sent_once_or_deferred(w: World, ids: list[str]) -> None:
+    counts = Counter(r.rcpt_tos for r in w.smarthost.received)
+    assert all(c == 1 for c in counts.values()), counts
+    assert w.lab.queue_ids("hold") == []
+    left = set(w.lab.queue_ids("deferred"))
+    assert len(counts) + len(left) == len(ids)
+
+
+def journal_states(rescue: Rescue) -> Counter[str]:
+    with sqlite3.connect(rescue.journal_path) as db:
+        return Counter(state for (state,) in db.execute("SELECT state FROM messages"))
+
+
+def test_sigkill_after_accepted_before_delete(w: World, tmp_path: Path) -> None:
+    ids = submit(w, 6)
+    commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, "-d")
+    rescue = w.rescue("kill-accepted", command_dir=commands)
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    wait_for(reached.exists, 60, "the delete to start")
+    kill_hard(proc)
+
+    assert len(w.smarthost.received) == 6
+    assert sorted(w.lab.queue_ids("hold")) == sorted(ids)
+    assert journal_states(rescue)["accepted"] == 6
+
+    flag.unlink()
+    again = rescue.run("flush", "--provider", "ionos", "--json")
+
+    assert again.code == 0, again.stderr
+    assert "6 accepted message(s) deleted" in again.stderr
+    assert again.summary["selected"] == 0
+    assert len(w.smarthost.received) == 6  # nothing sent a second time
+    assert w.lab.queue() == []
+    assert journal_states(rescue)["deleted"] == 6
+
+
+def test_sigkill_after_the_hold(w: World) -> None:
+    ids = submit(w, 5)
+    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
+    rescue = w.rescue("kill-held")
+
+    proc = rescue.popen("flush", "--provider", "ionos")
+    w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 5, 60, "5 held messages")
+    kill_hard(proc)
+    w.smarthost.clear_faults()
+
+    again = rescue.run("flush", "--provider", "ionos", "--json")
+
+    assert again.code == 0, again.stderr
+    assert "5 released to Postfix" in again.stderr
+    assert again.summary["rerouted"] == 5
+    assert_each_sent_once_or_deferred(w, ids)
+    assert len(w.smarthost.received) == 5
+
+
+def test_sigkill_while_the_smarthost_answers_slowly(w: World) -> None:
+    ids = submit(w, 4)
+    w.smarthost.script(Fault(stage="DATA", action="hang", times=1))
+    rescue = w.rescue(
+        "kill-slow",
+        smarthosts=[
+            {
+                "name": "relay1",
+                "host": "127.0.0.1",
+                "port": w.smarthost.port,
+                "tls": "none",
+                "max_connections": 1,
+                "timeout": "60s",
+            },
+        ],
+    )
+
+    proc = rescue.popen("flush", "--provider", "ionos")
+    wait_for(lambda: w.smarthost.transactions_attempted >= 1, 60, "a transaction to start")
+    kill_hard(proc)
+    assert w.smarthost.received == []
+    w.smarthost.clear_faults()
+
+    again = rescue.run("flush", "--provider", "ionos", "--json")
+
+    assert again.code == 0, again.stderr
+    assert "was being sent" in again.stderr or "released" in again.stderr
+    assert_each_sent_once_or_deferred(w, ids)
+    assert len(w.smarthost.received) == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_release_everything_held(w: World, sig: signal.Signals) -> None:
+    ids = submit(w, 3)
+    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
+    rescue = w.rescue(f"signal-{sig.name}")
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 3, 60, "3 held messages")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert "released" in err
+    assert w.lab.queue_ids("hold") == []
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    assert journal_states(rescue) == Counter({"released": 3})
+    assert '"released": 3' in out  # the summary still came out
+    assert w.smarthost.received == []
+
+
+def test_a_second_instance_says_who_holds_the_lock(w: World) -> None:
+    submit(w, 1)
+    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
+    rescue = w.rescue("lock")
+    first = rescue.popen("flush", "--provider", "ionos")
+    try:
+        w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 1, 60, "the message on hold")
+        second = rescue.run("flush", "--provider", "ionos")
+        assert second.code == 3
+        assert f"pid {first.pid}" in second.stderr
+        assert "queue-rescue flush" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert w.lab.queue_ids("hold") == []
+
+
+def test_smarthost_down_gives_everything_back(w: World) -> None:
+    ids = submit(w, 4)
+    w.smarthost.script(Fault(stage="GREETING", reply="421 4.3.2 closing", times=None))
+
+    result = w.rescue("down").run("flush", "--provider", "ionos", "--json")
+
+    assert result.code == 1
+    assert result.summary["released"] == 4
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    assert w.lab.queue_ids("hold") == []
+
+
+def test_timeout_after_end_of_data_is_counted_and_given_back(w: World) -> None:
+    [qid] = submit(w, 1)
+    w.smarthost.script(Fault(stage="EOD", action="hang", seconds=30, times=1))
+    rescue = w.rescue(
+        "eod",
+        smarthosts=[
+            {
+                "name": "relay1",
+                "host": "127.0.0.1",
+                "port": w.smarthost.port,
+                "tls": "none",
+                "timeout": "1s",
+            },
+        ],
+    )
+
+    result = rescue.run("flush", "--provider", "ionos", "--json")
+
+    assert result.code == 1
+    outcome = result.outcomes[qid]
+    assert outcome["action"] == "released" and outcome["uncertain"] is True
+    assert "may be sent more than once" in outcome["detail"]
+    assert result.summary["uncertain"] == 1
+    assert w.lab.queue_ids("deferred") == [qid]

@@ -1,0 +1,75 @@
+"""The integration world: a lab Postfix whose customers' provider defers like 1&1.
+
+kunde1.test .. kunde40.test have their MX at mx00/mx01.kundenserver.de (IONOS) in
+the lab DNS server and are routed by Postfix to a FakeProvider that answers
+"421 invalid sender domain"; partner.test is deferred the same way but its MX is
+at a provider we do not reroute; accept.test is delivered normally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.integration.rescue_cli import Rescue, smarthost_entry
+from tests.lab.dns import DnsServer
+from tests.lab.postfix import PostfixLab
+from tests.lab.smtpd import FakeProvider, RecordingSmarthost
+
+IONOS_MX = [(10, "mx00.kundenserver.de"), (10, "mx01.kundenserver.de")]
+CUSTOMER_DOMAINS = [f"kunde{i}.test" for i in range(1, 41)]
+OTHER_DOMAIN = "partner.test"  # deferred too, but its MX is at a provider we do not reroute
+ACCEPTING_DOMAIN = "accept.test"  # delivered normally
+
+
+@dataclass
+class World:
+    lab: PostfixLab
+    provider: FakeProvider
+    accepting: RecordingSmarthost
+    smarthost: RecordingSmarthost
+    dns: DnsServer
+    root: Path
+
+    def rescue(self, name: str, **kwargs: object) -> Rescue:
+        rescue = Rescue(
+            self.root / name,
+            self.lab,
+            smarthosts=[smarthost_entry("relay1", self.smarthost.port)],
+            extra=f'[dns]\nnameservers = ["127.0.0.1"]\nport = {self.dns.port}\ntimeout = "2s"\n',
+        )
+        for key, value in kwargs.items():
+            setattr(rescue, key, value)
+        return rescue
+
+    def reset(self) -> None:
+        """Between tests: an empty queue, servers without faults or records."""
+        self.lab.clear()
+        for server in (self.smarthost, self.accepting, self.provider):
+            server.reset()
+
+    def stop(self) -> None:
+        self.lab.stop()
+        for server in (self.provider, self.accepting, self.smarthost, self.dns):
+            server.stop()
+
+
+def build_world(root: Path) -> World:
+    """Start every part; the caller stops them with World.stop()."""
+    root.chmod(0o755)
+    provider = FakeProvider().start()
+    accepting = RecordingSmarthost().start()
+    smarthost = RecordingSmarthost().start()
+    dns = DnsServer().start()
+    for domain in CUSTOMER_DOMAINS:
+        dns.add_mx(domain, IONOS_MX)
+    dns.add_mx(OTHER_DOMAIN, [(10, "mx.other-provider.test")])
+    transports = {d: provider.next_hop for d in [*CUSTOMER_DOMAINS, OTHER_DOMAIN]}
+    transports[ACCEPTING_DOMAIN] = accepting.next_hop
+    lab = PostfixLab(root / "postfix", transports=transports, name=root.name[:12])
+    lab.start()
+    return World(lab, provider, accepting, smarthost, dns, root)
+
+
+def body(n: int, extra: bytes = b"") -> bytes:
+    return b"From: alice@example.com\nSubject: order %d\n\nHello %d.\n%s" % (n, n, extra)

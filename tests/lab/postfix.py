@@ -1,0 +1,534 @@
+"""A private Postfix instance under one folder, driven the way a test needs it.
+
+Never touches the machine's own /etc/postfix: every command gets `-c ROOT/etc`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from tests.lab import LabTimeout, wait_for
+
+SYSTEM_MASTER_CF = Path("/etc/postfix/master.cf")
+# Longer than any test or benchmark run, so Postfix never retries deferred mail by itself;
+# only flush() (postqueue -f) makes it try again.
+NO_RETRY = "4000s"
+# Short enough that a test of a silent server ends in seconds, long enough for a busy machine.
+CLIENT_TIMEOUT = "10s"
+# Seconds into the past that config files are dated (see _write_config).
+CONFIG_AGE = 5
+# The column of master.cf that says whether a service runs chrooted (master(5)).
+CHROOT_COLUMN = 4
+# The default transport for domains a test did not route: bounce at once, so no stray
+# message lingers in the queue (the bounce to an unrouted sender is itself dropped).
+NO_ROUTE = "error:5.1.2 this domain has no route in the lab"
+
+_QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+_HELD = re.compile(r"^postsuper: ([0-9A-Za-z]+): placed on hold$", re.MULTILINE)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+# Queues a message passes through before its first delivery attempt ends.
+_IN_FLIGHT = frozenset({"maildrop", "incoming", "active"})
+
+
+class PostfixLabError(RuntimeError):
+    """A Postfix command or an SMTP submission failed in the lab; the text says how."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One message to inject, with its envelope and optional DSN parameters (RFC 3461)."""
+
+    sender: str
+    recipients: Sequence[str]
+    message: bytes
+    dsn_notify: str | None = None  # NOTIFY for every recipient, e.g. "SUCCESS,FAILURE"
+    # ORCPT as sent, e.g. "rfc822;a@b.test": one value for every recipient, or per recipient.
+    dsn_orcpt: str | Mapping[str, str] | None = None
+    envid: str | None = None
+    ret: str | None = None  # "FULL" or "HDRS"
+    smtputf8: bool | None = None  # None: only when an address is not ASCII
+
+    def mail_options(self) -> list[str]:
+        options = []
+        if self.wants_smtputf8():
+            options.append("SMTPUTF8")
+        if not self.message.isascii():
+            options.append("BODY=8BITMIME")
+        if self.ret is not None:
+            options.append(f"RET={self.ret}")
+        if self.envid is not None:
+            options.append(f"ENVID={self.envid}")
+        return options
+
+    def rcpt_options(self, recipient: str) -> list[str]:
+        options = []
+        if self.dsn_notify is not None:
+            options.append(f"NOTIFY={self.dsn_notify}")
+        orcpt = self.dsn_orcpt
+        if isinstance(orcpt, Mapping):
+            orcpt = orcpt.get(recipient)
+        if orcpt is not None:
+            options.append(f"ORCPT={orcpt}")
+        return options
+
+    def wants_smtputf8(self) -> bool:
+        if self.smtputf8 is not None:
+            return self.smtputf8
+        return not all(address.isascii() for address in (self.sender, *self.recipients))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def open_path(path: Path) -> None:
+    """Let the postfix user reach `path`: at least 0755 on it and every folder above it."""
+    for folder in (path, *path.parents):
+        mode = folder.stat().st_mode & 0o7777
+        if mode & 0o055 != 0o055:
+            folder.chmod(mode | 0o055)
+
+
+def inline_map(entries: Mapping[str, str]) -> str:
+    """A Postfix inline: table (Postfix >= 3.0) holding `entries`, or "" when empty."""
+    if not entries:
+        return ""
+    return "inline:{ " + ", ".join(f"{key}={value}" for key, value in entries.items()) + " }"
+
+
+def lab_master_cf(system_text: str, smtpd_port: int) -> str:
+    """The system's master.cf with smtpd on 127.0.0.1:PORT and no service chrooted.
+
+    A chrooted smtp client has no /etc/hosts inside its jail, and the jail is not set up
+    for a private instance; other inet listeners would clash with the machine's own.
+    """
+    lines = []
+    for line in system_text.splitlines():
+        fields = line.split()
+        is_service = bool(fields) and not line[0].isspace() and not line.startswith("#")
+        if not is_service or len(fields) < 8:
+            lines.append(line)
+        elif fields[1] == "inet":
+            if fields[0] == "smtp":
+                lines.append(f"127.0.0.1:{smtpd_port} inet n - n - - smtpd")
+            else:
+                lines.append("#" + line)
+        else:
+            fields[CHROOT_COLUMN] = "n"
+            lines.append("  ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+class PostfixLab:
+    """A Postfix instance living entirely under `root`, listening on a loopback port.
+
+    `transports` maps a domain to a next hop such as "smtp:[127.0.0.1]:2525"; `settings`
+    overrides or adds any main.cf value.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        transports: Mapping[str, str] | None = None,
+        relayhost: str | None = None,
+        name: str = "lab",
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.name = name
+        self.config_dir = self.root / "etc"
+        self.queue_dir = self.root / "queue"
+        self.data_dir = self.root / "data"
+        self.maillog = self.root / "postfix.log"
+        self.command_dir = Path(_postconf_default("command_directory"))
+        self.smtpd_port = free_port()
+        self.syslog_name = f"postfix-{name}-{os.getpid()}-{self.smtpd_port}"
+        self._transports = dict(transports or {})
+        self._settings: dict[str, str] = {"relayhost": relayhost or ""}
+        if relayhost:
+            self._settings["default_transport"] = "smtp"
+        self._settings.update(settings or {})
+        self._create_folders()
+        self._write_config()
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the instance and wait until its smtpd answers connections."""
+        if self.master_pid() is not None:
+            return
+        self._write_config()
+        self._command("postfix", "start")
+        wait_for(self._smtpd_listening, timeout=30, what=f"Postfix {self.name} to listen")
+
+    def stop(self) -> None:
+        """Stop the instance and every process of it; safe to call when it is not running."""
+        if self.master_pid() is not None:
+            self._command("postfix", "stop", check=False)
+            if not _gone(self.master_pid, timeout=20):
+                _kill(self.master_pid())
+        # Daemons exit once the master is gone; any that hang on get killed.
+        if not _gone(lambda: next(iter(self._processes()), None), timeout=10):
+            for pid in self._processes():
+                _kill(pid)
+
+    def reload(self) -> None:
+        """Make the running instance read main.cf and master.cf again."""
+        if self.master_pid() is None:
+            return
+        before = self.log().count("reload -- version")
+        self._command("postfix", "reload")
+        wait_for(
+            lambda: self.log().count("reload -- version") > before,
+            timeout=30,
+            what=f"Postfix {self.name} to reload",
+        )
+
+    def set_transports(self, transports: Mapping[str, str]) -> None:
+        """Route exactly these domains (domain -> "smtp:[127.0.0.1]:PORT") and reload."""
+        self._transports = dict(transports)
+        self._write_config()
+        self.reload()
+
+    def postconf(self, **settings: str) -> None:
+        """Set main.cf values and reload; `postconf(**{"2bounce_notice_recipient": "x"})`."""
+        self._settings.update(settings)
+        self._write_config()
+        self.reload()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- putting mail in ---------------------------------------------------------------
+
+    def submit(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        dsn_notify: str | None = None,
+        dsn_orcpt: str | Mapping[str, str] | None = None,
+        envid: str | None = None,
+        ret: str | None = None,
+        smtputf8: bool | None = None,
+    ) -> str:
+        """Send one message to this instance's smtpd; return its queue id."""
+        submission = Submission(
+            sender, tuple(recipients), message, dsn_notify, dsn_orcpt, envid, ret, smtputf8
+        )
+        return self.submit_many([submission])[0]
+
+    def submit_many(self, submissions: Iterable[Submission], *, sessions: int = 1) -> list[str]:
+        """Send many messages over `sessions` SMTP sessions; return queue ids in order."""
+        todo = list(submissions)
+        sessions = max(1, min(sessions, len(todo)))
+        ids: list[str] = [""] * len(todo)
+
+        def run_session(first: int) -> None:
+            with self._smtp_session() as client:
+                for index in range(first, len(todo), sessions):
+                    ids[index] = _transaction(client, todo[index])
+
+        if sessions == 1:
+            run_session(0)
+        else:
+            with ThreadPoolExecutor(sessions) as pool:
+                for done in [pool.submit(run_session, first) for first in range(sessions)]:
+                    done.result()
+        return ids
+
+    def _smtp_session(self) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.smtpd_port, "client.lab.test", timeout=60)
+        client.ehlo()
+        return client
+
+    # -- looking at the queue ----------------------------------------------------------
+
+    def queue(self) -> list[dict[str, Any]]:
+        """Every queued message, as `postqueue -j` describes it (one dict per message)."""
+        out = self._command("postqueue", "-j").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def queue_ids(self, queue_name: str | None = None) -> list[str]:
+        """Queue ids of all messages, or of those in one queue ("deferred", "hold", ...)."""
+        return [
+            entry["queue_id"]
+            for entry in self.queue()
+            if queue_name is None or entry["queue_name"] == queue_name
+        ]
+
+    def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 30, what: str = "a condition"
+    ) -> None:
+        """Poll `predicate`; on timeout the error shows the queue and the log's tail."""
+        wait_for(predicate, timeout, what, describe=self.describe)
+
+    def wait_deferred(self, n: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until exactly `n` messages are deferred, each recipient with a delay reason,
+        and nothing waits for a first delivery attempt; return those messages."""
+        found: list[dict[str, Any]] = []
+
+        def settled() -> bool:
+            entries = self.queue()
+            found[:] = [entry for entry in entries if entry["queue_name"] == "deferred"]
+            return (
+                len(found) == n
+                and not any(entry["queue_name"] in _IN_FLIGHT for entry in entries)
+                and all(rcpt.get("delay_reason") for entry in found for rcpt in entry["recipients"])
+            )
+
+        self.wait_for(settled, timeout, f"{n} deferred messages")
+        return found
+
+    def wait_empty(self, timeout: float = 30) -> None:
+        """Wait until the queue holds no message at all."""
+        self.wait_for(lambda: not self.queue(), timeout, "an empty queue")
+
+    def describe(self) -> str:
+        """The queue's size per queue and the log's last lines, for error messages."""
+        counts: dict[str, int] = {}
+        try:
+            for entry in self.queue():
+                counts[entry["queue_name"]] = counts.get(entry["queue_name"], 0) + 1
+        except PostfixLabError as exc:
+            counts = {f"unreadable: {exc}": 0}
+        tail = "\n".join(self.log().splitlines()[-15:])
+        return f"queue {counts or 'empty'}; log ends:\n{tail}"
+
+    def log(self) -> str:
+        """Everything this instance has logged so far."""
+        try:
+            return self.maillog.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def master_pid(self) -> int | None:
+        """The master process id while the instance runs, else None."""
+        try:
+            pid = int((self.queue_dir / "pid" / "master.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    # -- acting on the queue -----------------------------------------------------------
+
+    def flush(self) -> None:
+        """Ask for delivery of all deferred mail now (`postqueue -f`); this also wakes
+        destinations the queue manager had marked dead."""
+        self._command("postqueue", "-f")
+
+    def clear(self) -> None:
+        """Delete every message (`postsuper -d ALL`) and wait until the queue is empty."""
+        self._command("postsuper", "-d", "ALL")
+        # A destination that failed stays "dead" in the queue manager's memory for
+        # minimal_backoff_time; a flush forgets that, so the next test starts fresh.
+        self.flush()
+        self.wait_empty()
+
+    def hold_ids(self, ids: Iterable[str], queue_name: str | None = None) -> list[str]:
+        """Put messages on hold (`postsuper -h -`); return the ids postsuper did hold."""
+        args = ["-h", "-"] + ([queue_name] if queue_name else [])
+        result = self._command("postsuper", *args, stdin="".join(f"{i}\n" for i in ids))
+        return _HELD.findall(result.stderr)
+
+    def postcat(self, queue_id: str, *options: str) -> bytes:
+        """`postcat -q ID` output with the given options (e.g. "-e", "-bh")."""
+        cmd = [str(self.command_dir / "postcat"), "-c", str(self.config_dir)]
+        result = subprocess.run([*cmd, *options, "-q", queue_id], capture_output=True, check=False)
+        if result.returncode != 0:
+            raise PostfixLabError(f"postcat {queue_id}: {result.stderr.decode(errors='replace')}")
+        return result.stdout
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _create_folders(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        open_path(self.root)
+        for folder in (self.config_dir, self.queue_dir):
+            folder.mkdir(exist_ok=True)
+            folder.chmod(0o755)
+        self.data_dir.mkdir(exist_ok=True)
+        postfix_user = pwd.getpwnam("postfix")
+        os.chown(self.data_dir, postfix_user.pw_uid, postfix_user.pw_gid)
+        self.data_dir.chmod(0o700)
+
+    def _main_cf(self) -> dict[str, str]:
+        settings = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.queue_dir),
+            "data_directory": str(self.data_dir),
+            "maillog_file": str(self.maillog),
+            "maillog_file_prefixes": str(self.root),
+            "syslog_name": self.syslog_name,
+            "myhostname": f"{self.name}.test",
+            "myorigin": "$myhostname",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mydestination": "",
+            "mynetworks": "127.0.0.0/8",
+            "alias_maps": "",
+            "alias_database": "",
+            "local_recipient_maps": "",
+            "biff": "no",
+            "transport_maps": inline_map(self._transports),
+            "default_transport": NO_ROUTE,
+            "disable_dns_lookups": "yes",
+            "smtp_host_lookup": "native",
+            "queue_run_delay": NO_RETRY,
+            "minimal_backoff_time": NO_RETRY,
+            "maximal_backoff_time": NO_RETRY,
+            "delay_warning_time": "0h",
+            # Mail flows in as fast as a test or the benchmark can send it.
+            "in_flow_delay": "0s",
+            "default_destination_concurrency_limit": "20",
+            "smtp_connect_timeout": "5s",
+            "smtputf8_enable": "yes",
+        }
+        for stage in ("helo", "mail", "rcpt", "data_init", "data_xfer", "data_done", "quit"):
+            settings[f"smtp_{stage}_timeout"] = CLIENT_TIMEOUT
+        settings.update(self._settings)
+        return settings
+
+    def _write_config(self) -> None:
+        main_cf = "".join(f"{key} = {value}\n" for key, value in self._main_cf().items())
+        master_cf = lab_master_cf(SYSTEM_MASTER_CF.read_text(), self.smtpd_port)
+        for name, text in (("main.cf", main_cf), ("master.cf", master_cf)):
+            path = self.config_dir / name
+            path.write_text(text)
+            # Postfix sleeps while a config file's mtime is the current second (it might be
+            # half written), up to 1.5s per command; a past mtime spares every command that.
+            past = time.time() - CONFIG_AGE
+            os.utime(path, (past, past))
+
+    def _command(
+        self, name: str, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.command_dir / name), "-c", str(self.config_dir), *args]
+        # Files, not pipes: `postfix reload` leaves a postsuper running in the background
+        # that would hold a pipe open, and us waiting, for seconds.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            code = subprocess.run(cmd, input=stdin, stdout=out, stderr=err, text=True).returncode
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+        if check and code != 0:
+            raise PostfixLabError(
+                f"{' '.join(cmd)} exited {code}: {result.stderr.strip()}\n{self.describe()}"
+            )
+        return result
+
+    def _smtpd_listening(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(
+            ("127.0.0.1", self.smtpd_port), timeout=1
+        ):
+            return True
+        return False
+
+    def _processes(self) -> list[int]:
+        """Ids of the processes working in this instance's queue folder (all its daemons)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    pid = int(entry.name)
+                    if Path(os.readlink(entry / "cwd")) == self.queue_dir and _alive(pid):
+                        pids.append(pid)
+        return pids
+
+
+def _transaction(client: smtplib.SMTP, submission: Submission) -> str:
+    """One MAIL/RCPT/DATA transaction on an open session; the queue id from the reply."""
+    if submission.wants_smtputf8():
+        client.command_encoding = "utf-8"
+    mail = " ".join([f"FROM:<{submission.sender}>", *submission.mail_options()])
+    _expect(client, client.docmd("MAIL", mail), submission)
+    for recipient in submission.recipients:
+        rcpt = " ".join([f"TO:<{recipient}>", *submission.rcpt_options(recipient)])
+        _expect(client, client.docmd("RCPT", rcpt), submission)
+    code, reply = client.data(_BARE_LF.sub(b"\r\n", submission.message))
+    _expect(client, (code, reply), submission)
+    found = _QUEUED_AS.search(reply.decode(errors="replace"))
+    if found is None:
+        raise PostfixLabError(f"no queue id in {reply!r}")
+    return found.group(1)
+
+
+def _expect(client: smtplib.SMTP, answer: tuple[int, bytes], submission: Submission) -> None:
+    code, reply = answer
+    if not 200 <= code < 300:
+        client.rset()
+        raise PostfixLabError(
+            f"submitting {submission.sender!r} -> {list(submission.recipients)!r}: "
+            f"{code} {reply.decode(errors='replace')}"
+        )
+
+
+def _postconf_default(name: str) -> str:
+    return subprocess.run(
+        ["postconf", "-d", "-h", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie has exited; only its parent has not reaped it yet.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _gone(current: Callable[[], int | None], timeout: float) -> bool:
+    """Wait until `current()` names no live process; False when one is still there."""
+
+    def nothing_left() -> bool:
+        pid = current()
+        return pid is None or not _alive(pid)
+
+    try:
+        wait_for(nothing_left, timeout, "processes to exit")
+    except LabTimeout:
+        return False
+    return True
+
+
+def _kill(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
