@@ -80,7 +80,9 @@ class Dispatcher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts),
             wait=wait_exponential_jitter(
-                multiplier=self._retry.initial_wait, max=self._retry.max_wait, jitter=self._retry.initial_wait
+                multiplier=self._retry.initial_wait,
+                max=self._retry.max_wait,
+                jitter=self._retry.initial_wait,
             ),
             retry=retry_if_exception(_retryable),
             reraise=True,

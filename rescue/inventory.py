@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from rescue.classify.catalog import Catalog
 from rescue.classify.classifier import classify_recipient
 from rescue.classify.dns import MxAnswer, MxResolver
 from rescue.classify.reasons import reason_host
-from rescue.model import Classification, QueuedMessage
+from rescue.model import Classification, QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine
 
 
@@ -21,14 +21,48 @@ class Inventory:
     dns_queries: int = 0
 
 
-def _needs_dns(message: QueuedMessage, catalog: Catalog, own_relays: frozenset[str]) -> list[str]:
-    """Domains whose delay reason does not already name a provider's host."""
-    domains = []
-    for rcpt in message.recipients:
-        peer = reason_host(rcpt.delay_reason) if rcpt.delay_reason else None
-        if peer is None or peer[0] in own_relays or catalog.for_mx(peer[0]) is None:
-            domains.append(rcpt.domain)
-    return domains
+class _ReasonHosts:
+    """Whether a delay reason already names a provider's host; asked once per distinct text.
+
+    A large queue holds thousands of copies of a few reasons, so each is parsed once.
+    """
+
+    def __init__(self, catalog: Catalog, own_relays: Collection[str]) -> None:
+        self._catalog = catalog
+        self._relays = own_relays
+        self._seen: dict[str, bool] = {}
+
+    def decide(self, reason: str) -> bool:
+        decided = self._seen.get(reason)
+        if decided is None:
+            peer = reason_host(reason) if reason else None
+            decided = (
+                peer is not None
+                and peer[0] not in self._relays
+                and self._catalog.for_mx(peer[0]) is not None
+            )
+            self._seen[reason] = decided
+        return decided
+
+
+class _Classifier:
+    """classify_recipient, once per distinct (domain, delay reason): nothing else counts."""
+
+    def __init__(
+        self, catalog: Catalog, answers: Mapping[str, MxAnswer], own_relays: Collection[str]
+    ) -> None:
+        self._catalog = catalog
+        self._answers = answers
+        self._relays = own_relays
+        self._seen: dict[tuple[str, str], Classification] = {}
+
+    def __call__(self, recipient: Recipient) -> Classification:
+        key = (recipient.domain, recipient.delay_reason)
+        found = self._seen.get(key)
+        if found is None:
+            found = classify_recipient(recipient, self._catalog, self._answers, self._relays)
+            self._seen[key] = found
+        return found
 
 
 async def take_inventory(
@@ -37,7 +71,13 @@ async def take_inventory(
     resolver: MxResolver | None,
     own_relays: Iterable[str] = (),
 ) -> Inventory:
+    """Every listed message with a classification per pending recipient.
+
+    DNS is asked only for domains whose delay reason does not already name a
+    provider's MX host, once per distinct domain.
+    """
     relays = frozenset(h.lower() for h in own_relays)
+    hosts = _ReasonHosts(catalog, relays)
     inv = Inventory()
     domains: set[str] = set()
     for item in listing:
@@ -46,13 +86,12 @@ async def take_inventory(
             continue
         inv.messages.append(item)
         if resolver is not None:
-            domains.update(_needs_dns(item, catalog, relays))
+            domains.update(r.domain for r in item.recipients if not hosts.decide(r.delay_reason))
     answers: dict[str, MxAnswer] = {}
     if resolver is not None and domains:
         answers = await resolver.lookup_all(domains)
         inv.dns_queries = resolver.queries
+    classify = _Classifier(catalog, answers, relays)
     for message in inv.messages:
-        inv.classes[message.queue_id] = tuple(
-            classify_recipient(r, catalog, answers, relays) for r in message.recipients
-        )
+        inv.classes[message.queue_id] = tuple(classify(r) for r in message.recipients)
     return inv

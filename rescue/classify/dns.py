@@ -1,4 +1,4 @@
-"""Asynchronous MX lookups: one per distinct domain, concurrent, cached for their TTL."""
+"""Asynchronous MX lookups: one per distinct domain, concurrent up to a limit, cached per TTL."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import dns.exception
 import dns.resolver
 
 from rescue.config import DnsConfig
+from rescue.errors import RescueError
 
-# How long a failed lookup is remembered, so a dead domain is not asked once a message.
+# How long a failed or empty lookup is remembered, so a dead domain is not asked once a
+# message. Our answers come without the SOA that RFC 2308 takes a negative TTL from.
 NEGATIVE_TTL = 60.0
 
 
@@ -25,16 +27,33 @@ class MxAnswer:
     expires: float = 0.0
 
 
+def normal_domain(domain: str) -> str:
+    return domain.lower().rstrip(".")
+
+
 def _make_resolver(cfg: DnsConfig) -> dns.asyncresolver.Resolver:
     if cfg.nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = list(cfg.nameservers)
         resolver.port = cfg.port
     else:
-        resolver = dns.asyncresolver.Resolver()
+        try:
+            resolver = dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration as exc:
+            raise RescueError(
+                f"no DNS resolver: {exc}; set [dns] nameservers, or scan with --no-dns"
+            ) from exc
+    # lifetime bounds the whole lookup, retries included; timeout one query.
     resolver.lifetime = cfg.timeout
     resolver.timeout = cfg.timeout
     return resolver
+
+
+def _failure_text(exc: dns.resolver.NoNameservers) -> str:
+    """Each server and what it answered, e.g. "Do53:127.0.0.1@53 answered SERVFAIL"."""
+    errors = exc.kwargs.get("errors") or []
+    said = "; ".join(f"{err[0]} answered {err[3]}" for err in errors)
+    return f"DNS failure: {said}" if said else "DNS failure: no name server answered"
 
 
 class MxResolver:
@@ -42,13 +61,14 @@ class MxResolver:
 
     def __init__(self, cfg: DnsConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._resolver = _make_resolver(cfg)
+        self._timeout = cfg.timeout
         self._limit = asyncio.Semaphore(cfg.concurrency)
         self._clock = clock
         self._cache: dict[str, MxAnswer] = {}
         self.queries = 0
 
     async def lookup(self, domain: str) -> MxAnswer:
-        domain = domain.lower().rstrip(".")
+        domain = normal_domain(domain)
         cached = self._cache.get(domain)
         if cached is not None and cached.expires > self._clock():
             return cached
@@ -58,26 +78,34 @@ class MxResolver:
         return answer
 
     async def lookup_all(self, domains: Iterable[str]) -> dict[str, MxAnswer]:
-        unique = sorted({d.lower().rstrip(".") for d in domains if d})
+        """Answers for every distinct domain (lower case, no final dot), asked concurrently."""
+        self._forget_expired()
+        unique = sorted({normal_domain(d) for d in domains if d})
         answers = await asyncio.gather(*(self.lookup(d) for d in unique))
         return dict(zip(unique, answers, strict=True))
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        for domain in [d for d, a in self._cache.items() if a.expires <= now]:
+            del self._cache[domain]
 
     async def _query(self, domain: str) -> MxAnswer:
         self.queries += 1
         now = self._clock()
+        failed = now + NEGATIVE_TTL
         try:
             answer = await self._resolver.resolve(domain, "MX", search=False)
         except dns.resolver.NXDOMAIN:
-            return MxAnswer(domain, error="no such domain (NXDOMAIN)", expires=now + NEGATIVE_TTL)
+            return MxAnswer(domain, error="no such domain (NXDOMAIN)", expires=failed)
         except dns.resolver.NoAnswer:
             # RFC 5321 section 5.1: no MX means the domain itself is the mail host.
-            return MxAnswer(domain, hosts=(domain,), expires=now + NEGATIVE_TTL)
+            return MxAnswer(domain, hosts=(domain,), expires=failed)
         except dns.resolver.NoNameservers as exc:
-            return MxAnswer(domain, error=f"DNS failure: {exc}", expires=now + NEGATIVE_TTL)
+            return MxAnswer(domain, error=_failure_text(exc), expires=failed)
         except dns.exception.Timeout:
-            return MxAnswer(domain, error="DNS timeout", expires=now + NEGATIVE_TTL)
+            return MxAnswer(domain, error=f"DNS timeout after {self._timeout:g}s", expires=failed)
         except dns.exception.DNSException as exc:
-            return MxAnswer(domain, error=f"DNS error: {exc}", expires=now + NEGATIVE_TTL)
+            return MxAnswer(domain, error=f"DNS error: {exc}", expires=failed)
         records = sorted(answer, key=lambda r: (r.preference, str(r.exchange)))
         hosts = tuple(
             str(r.exchange).rstrip(".").lower() for r in records if str(r.exchange) != "."

@@ -3,105 +3,282 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-from rescue.classify.reasons import normalize_reason
-from rescue.cli.common import inventory_of, load_config
+from rescue.classify.catalog import Catalog
+from rescue.cli.common import QueueView, inventory_of, load_config
 from rescue.cli.output import age, console, json_line, print_table
-from rescue.inventory import Inventory
+from rescue.model import Classification, QueuedMessage
+from rescue.shape import (
+    BUCKET_LABELS,
+    UNKNOWN,
+    By,
+    Item,
+    ReasonSummary,
+    Row,
+    Shape,
+    Unclassified,
+    items,
+    reasons,
+    shape,
+    unclassified,
+)
 
-UNKNOWN = "(unknown)"
-
-
-@dataclass
-class Group:
-    messages: set[str] = field(default_factory=set)
-    recipients: int = 0
-    oldest: float = 0.0
-    reasons: set[str] = field(default_factory=set)
-
-
-def group_by_provider(inventory: Inventory, now: float) -> dict[str, Group]:
-    groups: dict[str, Group] = defaultdict(Group)
-    for message in inventory.messages:
-        if message.queue_name != "deferred":
-            continue
-        classes = inventory.classes[message.queue_id]
-        for recipient, cls in zip(message.recipients, classes, strict=True):
-            group = groups[cls.provider or UNKNOWN]
-            group.messages.add(message.queue_id)
-            group.recipients += 1
-            group.oldest = max(group.oldest, now - message.arrival_time)
-            if recipient.delay_reason:
-                group.reasons.add(normalize_reason(recipient.delay_reason))
-    return groups
+Cell = str | Text
+# How many providers a row of another grouping names before "+N".
+SHOWN_PROVIDERS = 3
+REASON_COLUMNS = ("recipients", "messages", "provider", "reroute_helps", "reason", "meaning", "fix")
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per queued message.")
-@click.option("--no-dns", is_flag=True, help="Do not look up MX records; classify by reason only.")
+@click.option(
+    "--by",
+    "by",
+    type=click.Choice([b.value for b in By]),
+    default=By.PROVIDER.value,
+    show_default=True,
+    help="What the rows of the table are.",
+)
+@click.option(
+    "--reasons",
+    "show_reasons",
+    is_flag=True,
+    help="List each distinct reason with its provider and the catalog's advice.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per queued message (with --reasons: per distinct reason).",
+)
+@click.option("--no-dns", is_flag=True, help="Do not look up MX records.")
 @click.pass_context
-def scan(ctx: click.Context, as_json: bool, no_dns: bool) -> None:
-    """Show the deferred queue grouped by provider.
+def scan(ctx: click.Context, by: str, show_reasons: bool, as_json: bool, no_dns: bool) -> None:
+    """Show the deferred queue like qshape, by provider and age.
 
-    For each provider: messages, recipients, the oldest message's age and the
-    distinct delay reasons (addresses and queue ids masked).
+    Rows count pending recipients per age bucket (minutes; a bucket holds ages
+    below its limit, 1280+ the rest) and the messages they belong to. Recipients
+    no provider could be named for are listed below the table with the reason
+    (a DNS error, MX hosts of several providers). Output is a table on a
+    terminal and tab-separated when piped.
     """
     cfg = load_config(ctx)
     view = inventory_of(cfg, use_dns=not no_dns)
     inventory = view.inventory
-    if as_json:
-        for message in inventory.messages:
-            classes = inventory.classes[message.queue_id]
-            json_line(
-                {
-                    "queue_id": message.queue_id,
-                    "queue_name": message.queue_name,
-                    "arrival_time": message.arrival_time,
-                    "size": message.size,
-                    "sender": message.sender,
-                    "recipients": [
-                        {
-                            "address": r.address,
-                            "provider": c.provider,
-                            "mx": c.mx,
-                            "reason": r.delay_reason,
-                            "classified_by": c.classified_by,
-                            "reason_matched": c.reason_matched,
-                            "note": c.note or None,
-                        }
-                        for r, c in zip(message.recipients, classes, strict=True)
-                    ],
-                }
-            )
-        return
     now = time.time()
-    groups = group_by_provider(inventory, now)
-    out = console()
-    if not groups:
-        out.print("The deferred queue is empty.")
+    if as_json and not show_reasons:
+        for message in inventory.messages:
+            json_line(message_json(message, inventory.classes[message.queue_id]))
         return
-    rows = []
-    for name, group in sorted(groups.items(), key=lambda kv: -len(kv[1].messages)):
-        label = view.catalog.by_name[name].label if name in view.catalog.by_name else name
-        rows.append(
-            (
-                f"{name} ({label})" if label != name else name,
-                str(len(group.messages)),
-                str(group.recipients),
-                age(group.oldest),
-                "\n".join(sorted(group.reasons)[:5])
-                + (f"\n(+{len(group.reasons) - 5} more)" if len(group.reasons) > 5 else ""),
-            )
+    deferred = list(items(inventory.messages, inventory.classes))
+    if show_reasons:
+        summaries = reasons(deferred, view.catalog, now)
+        if as_json:
+            for summary in summaries:
+                json_line(reason_json(summary, view.catalog))
+        else:
+            show_reason_table(console(), summaries)
+        return
+    out = console()
+    show_shape(out, shape(deferred, By(by), now), view.catalog)
+    show_unclassified(out, unclassified(deferred, now))
+    if out.is_terminal:
+        out.print(footer(view, deferred, now, no_dns=no_dns), highlight=False)
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def message_json(message: QueuedMessage, classes: Sequence[Classification]) -> dict[str, Any]:
+    return {
+        "queue_id": message.queue_id,
+        "queue_name": message.queue_name,
+        "arrival_time": message.arrival_time,
+        "size": message.size,
+        "sender": message.sender,
+        "recipients": [
+            {
+                "address": r.address,
+                "provider": c.provider,
+                "mx": c.mx,
+                "reason": r.delay_reason,
+                "classified_by": c.classified_by,
+                "reason_matched": c.reason_matched,
+                "note": c.note or None,
+            }
+            for r, c in zip(message.recipients, classes, strict=True)
+        ],
+    }
+
+
+def reason_json(summary: ReasonSummary, catalog: Catalog) -> dict[str, Any]:
+    known = summary.known
+    provider = catalog.by_name.get(summary.provider) if summary.provider else None
+    return {
+        "reason": summary.reason,
+        "provider": summary.provider,
+        "label": provider.label if provider else None,
+        "mixed": list(summary.mixed),
+        "recipients": summary.recipients,
+        "messages": summary.messages,
+        "oldest": round(summary.oldest),
+        "domains": dict(summary.domains),
+        "example": summary.example,
+        "known": known is not None,
+        "pattern": known.pattern if known else None,
+        "meaning": known.meaning if known else None,
+        "reroute_helps": known.reroute_helps if known else None,
+        "fix": known.fix if known else None,
+        "source": known.source if known else None,
+        "selected": summary.selected,
+    }
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def show_table(
+    out: Console, title: str, headers: Sequence[str], rows: Sequence[Sequence[Cell]], counts: int
+) -> None:
+    """Rich on a terminal, tab-separated when piped; columns from `counts` on are numbers."""
+    if not out.is_terminal:
+        print_table(out, title, headers, [[str(cell) for cell in row] for row in rows])
+        return
+    table = Table(title=title, title_justify="left")
+    for index, header in enumerate(headers):
+        number = index >= counts
+        table.add_column(header, justify="right" if number else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _style(key: str) -> str:
+    if key == UNKNOWN:
+        return "bold red"
+    return "yellow" if key.startswith("mixed:") else ""
+
+
+def _providers(row: Row) -> Text:
+    names = row.providers[:SHOWN_PROVIDERS]
+    text = Text()
+    for index, name in enumerate(names):
+        if index:
+            text.append(", ")
+        text.append(name, style=_style(name))
+    if len(row.providers) > SHOWN_PROVIDERS:
+        text.append(f" +{len(row.providers) - SHOWN_PROVIDERS}", style="dim")
+    return text
+
+
+def _key(row: Row, by: By, catalog: Catalog, terminal: bool) -> Text:
+    if row.key == "TOTAL":
+        return Text(row.key, style="bold")
+    if by is not By.PROVIDER:
+        return Text(row.key)
+    text = Text(row.key, style=_style(row.key))
+    provider = catalog.by_name.get(row.key)
+    if terminal and provider is not None and provider.label != row.key:
+        text.append(f" {provider.label}", style="dim")
+    return text
+
+
+def _counts(row: Row) -> list[Cell]:
+    cells: list[Cell] = [str(row.messages), Text(str(row.recipients), style="bold")]
+    cells += [Text(str(n), style="dim" if n == 0 else "") for n in row.buckets]
+    return cells
+
+
+def show_shape(out: Console, found: Shape, catalog: Catalog) -> None:
+    by = found.by
+    headers = [by.value] + (["provider"] if by is not By.PROVIDER else [])
+    first_count = len(headers)
+    headers += ["messages", "T", *BUCKET_LABELS]
+    rows: list[list[Cell]] = []
+    for row in (found.total, *found.rows):
+        cells: list[Cell] = [_key(row, by, catalog, out.is_terminal)]
+        if by is not By.PROVIDER:
+            cells.append(Text("") if row is found.total else _providers(row))
+        rows.append(cells + _counts(row))
+    title = f"Deferred recipients by {by.value} and age in minutes"
+    show_table(out, title, headers, rows, first_count)
+
+
+def show_unclassified(out: Console, found: Sequence[Unclassified]) -> None:
+    if not found:
+        return
+    rows: list[list[Cell]] = [
+        [
+            Text(u.domain),
+            Text("mixed MX: " + ", ".join(u.mixed), style="yellow")
+            if u.mixed
+            else Text("unknown", style="bold red"),
+            str(u.recipients),
+            str(u.messages),
+            Text(u.why),
+        ]
+        for u in found
+    ]
+    out.file.write("\n")
+    headers = ("domain", "provider", "recipients", "messages", "why")
+    show_table(out, "Recipients no provider could be named for", headers, rows, 2)
+
+
+def _helps(known: bool, helps: bool | None) -> Text:
+    if not known:
+        return Text("?", style="dim")
+    return Text("yes", style="green") if helps else Text("no", style="red")
+
+
+def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
+    if not out.is_terminal:
+        rows = [
+            [
+                str(s.recipients),
+                str(s.messages),
+                s.provider_key,
+                "?" if s.known is None else "yes" if s.known.reroute_helps else "no",
+                s.reason,
+                s.known.meaning if s.known else "",
+                s.known.fix if s.known else "",
+            ]
+            for s in summaries
+        ]
+        print_table(out, "Deferral reasons", REASON_COLUMNS, rows)
+        return
+    table = Table(title="Deferral reasons", title_justify="left")
+    table.add_column("recipients", justify="right")
+    table.add_column("messages", justify="right")
+    table.add_column("provider")
+    table.add_column("reroute helps")
+    table.add_column("reason, meaning and fix", overflow="fold")
+    for s in summaries:
+        explained = Text(s.reason, style="bold")
+        if s.known is not None:
+            explained.append(f"\n{s.known.meaning}")
+            explained.append(f"\nfix: {s.known.fix}", style="italic")
+        table.add_row(
+            str(s.recipients),
+            str(s.messages),
+            Text(s.provider_key, style=_style(s.provider_key)),
+            _helps(s.known is not None, s.known.reroute_helps if s.known else None),
+            explained,
         )
-    print_table(
-        out,
-        "Deferred mail by provider",
-        ("provider", "messages", "recipients", "oldest", "reasons"),
-        rows,
+    out.print(table)
+
+
+def footer(view: QueueView, deferred: Sequence[Item], now: float, *, no_dns: bool) -> str:
+    messages = len({item.message.queue_id for item in deferred})
+    domains = len({item.recipient.domain for item in deferred})
+    dns = "no DNS lookups (--no-dns)" if no_dns else f"{view.inventory.dns_queries} MX lookups"
+    oldest = max((now - i.message.arrival_time for i in deferred), default=0.0)
+    return (
+        f"{messages} deferred messages, {len(deferred)} recipients at {domains} domains; "
+        f"oldest {age(oldest)}; {dns}."
     )
-    total = len({m.queue_id for m in inventory.messages if m.queue_name == "deferred"})
-    out.print(f"{total} deferred messages.")

@@ -104,6 +104,7 @@ max_wait = "200ms"
         env.pop("QUEUE_RESCUE_CONFIG", None)
         proc = subprocess.run(
             self.command(*args),
+            check=False,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -59,7 +59,7 @@ def test_notify_keywords(flags: int, words: str | None) -> None:
 
 
 POSTCAT_E = b"""*** ENVELOPE RECORDS deferred/4F2A81C0D3 ***
-message_size:             347             227               2               0             347               0
+message_size: 347 227 2 0 347 0
 message_arrival_time: Sat Nov 28 11:00:00 2026
 create_time: Sat Nov 28 11:00:00 2026
 named_attribute: rewrite_context=remote
