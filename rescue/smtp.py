@@ -68,6 +68,29 @@ def xtext(value: str) -> str:
     return "".join(out)
 
 
+# RFC 5321 section 4.1.2: atext, plus UTF-8 for SMTPUTF8 (RFC 6531 section 3.3).
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def smtp_path(address: str) -> str:
+    """An address as an SMTP path: <>, <local@domain>, or <"quoted local"@domain>.
+
+    Postfix keeps addresses unquoted (its internal form); like Postfix's own
+    client, quote the local part when it is not a dot-atom.
+    """
+    if not address:
+        return "<>"
+    if _CONTROL.search(address):
+        raise ValueError(f"address {address!r} contains control characters")
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    if not all(_ATOM.fullmatch(part) for part in local.split(".")):
+        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"<{local}@{domain}>" if at else f"<{local}>"
+
+
 def reply_text(response: SMTPResponse) -> str:
     return f"{response.code} {' '.join(response.message.split())}"
 
@@ -250,10 +273,13 @@ class Session:
         for address in addresses:
             try:
                 address.encode("utf-8")
-            except UnicodeEncodeError:
-                # Postfix kept bytes that are not UTF-8; SMTP has no way to carry them.
+                smtp_path(address)
+            except (UnicodeEncodeError, ValueError):
+                # Bytes that are not UTF-8, or control characters: SMTP cannot carry them.
                 raise self._error(
-                    MAIL, Exception(f"address {address!r} is not valid UTF-8"), transient=False
+                    MAIL,
+                    Exception(f"address {address!r} cannot be sent over SMTP"),
+                    transient=False,
                 ) from None
         smtputf8 = not all(a.isascii() for a in addresses)
         encoding = "utf-8" if smtputf8 else "ascii"
@@ -261,14 +287,11 @@ class Session:
         options = self._mail_options(envelope, data, smtputf8)
         stage = MAIL
         try:
-            await smtp.mail(sender, options=options, encoding=encoding)
+            await self._command(b"MAIL", b"FROM:", sender, options, encoding, (250,))
             stage = RCPT
             for rcpt in envelope.recipients:
-                await smtp.rcpt(
-                    rcpt.address,
-                    options=self._rcpt_options(rcpt.orig_rcpt, rcpt.notify),
-                    encoding=encoding,
-                )
+                options = self._rcpt_options(rcpt.orig_rcpt, rcpt.notify)
+                await self._command(b"RCPT", b"TO:", rcpt.address, options, encoding, (250, 251))
             stage = DATA
             start = await smtp.execute_command(b"DATA")
             if start.code != 354:
@@ -289,6 +312,22 @@ class Session:
             ) from exc
         self.sent += 1
         return reply
+
+    async def _command(
+        self,
+        verb: bytes,
+        prefix: bytes,
+        address: str,
+        options: list[str],
+        encoding: str,
+        good: tuple[int, ...],
+    ) -> None:
+        """MAIL or RCPT with our own quoting (aiosmtplib's would unquote local parts)."""
+        arguments = [prefix + smtp_path(address).encode(encoding)]
+        arguments.extend(option.encode("ascii") for option in options)
+        response = await self._smtp.execute_command(verb, *arguments)
+        if response.code not in good:
+            raise aiosmtplib.SMTPResponseException(response.code, response.message)
 
     async def _write_data(self, data: bytes) -> str:
         protocol = self._smtp.protocol

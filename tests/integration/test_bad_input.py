@@ -1,0 +1,145 @@
+"""Bad input: each broken message is reported with its queue id and left in Postfix,
+while the run goes on with the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.world import World, body
+from tests.lab.postfix import Submission
+
+pytestmark = pytest.mark.postfix
+
+
+def command_folder(folder: Path, real_dir: Path, **scripts: str) -> Path:
+    """Postfix commands: the real ones, except those given as shell scripts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("postqueue", "postcat", "postconf", "postsuper"):
+        if name in scripts:
+            path = folder / name
+            path.write_text("#!/bin/sh\n" + scripts[name].replace("REAL", str(real_dir)))
+            path.chmod(0o755)
+        else:
+            (folder / name).symlink_to(real_dir / name)
+    return folder
+
+
+def submit(w: World, n: int) -> list[str]:
+    ids = w.lab.submit_many(
+        Submission("alice@example.com", (f"c{i}@kunde{i + 1}.test",), body(i)) for i in range(n)
+    )
+    w.lab.wait_deferred(n)
+    return ids
+
+
+def test_garbage_and_truncated_listing_lines(w: World, tmp_path: Path) -> None:
+    ids = submit(w, 3)
+    script = (
+        'REAL/postqueue "$@"\n'
+        "echo 'this is not json'\n"
+        'echo \'{"queue_name": "deferred", "queue_id": "DEADBEEF12", "arrival_t\'\n'
+    )
+    commands = command_folder(tmp_path / "bin", w.lab.command_dir, postqueue=script)
+
+    result = w.rescue("garbage", command_dir=commands).run("flush", "--provider", "ionos", "--json")
+
+    assert result.code == 0, result.stderr
+    assert set(result.outcomes) == set(ids)
+    assert result.summary["rerouted"] == 3
+    assert "unreadable line 4 of the queue listing" in result.stderr
+    assert "DEADBEEF12: unreadable line 5" in result.stderr
+
+
+def test_message_vanished_between_listing_and_reading(w: World, tmp_path: Path) -> None:
+    ids = submit(w, 3)
+    gone = ids[1]
+    # Hold as asked, then someone else deletes one of the held messages.
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"; status=$?\n'
+            f'case " $* " in *" -h "*) echo {gone} | REAL/postsuper -c "$2" -d - hold;; esac\n'
+            "exit $status\n"
+        ),
+    )
+
+    result = w.rescue("vanish", command_dir=commands).run("flush", "--provider", "ionos", "--json")
+
+    assert result.code == 1
+    assert result.outcomes[gone]["action"] == "skipped"
+    assert "vanished" in result.outcomes[gone]["detail"]
+    assert {result.outcomes[q]["action"] for q in ids if q != gone} == {"rerouted"}
+    assert w.lab.queue() == []
+
+
+def test_corrupt_queue_file_is_reported_and_left_in_postfix(w: World, tmp_path: Path) -> None:
+    ids = submit(w, 3)
+    bad = ids[0]
+    hold = w.lab.queue_dir / "hold"
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"; status=$?\n'
+            f'case " $* " in *" -h "*) for f in {hold}/{bad} {hold}/*/{bad}; do '
+            '[ -f "$f" ] && truncate -s 40 "$f"; done;; esac\n'
+            "exit $status\n"
+        ),
+    )
+
+    result = w.rescue("corrupt", command_dir=commands).run(
+        "--verbose", "flush", "--provider", "ionos", "--json"
+    )
+
+    assert result.code == 1
+    assert result.outcomes[bad]["action"] == "failed"
+    assert "cannot read the message" in result.outcomes[bad]["detail"]
+    assert f"{bad}: cannot read the message" in result.stderr
+    assert {result.outcomes[q]["action"] for q in ids[1:]} == {"rerouted"}
+    assert len(w.smarthost.received) == 2
+    assert w.lab.queue_ids("hold") == []
+    # Postfix has it back in deferred/ (showq cannot list a truncated file; the queue
+    # manager moves it to corrupt/ when it tries it).
+    places = [p.relative_to(w.lab.queue_dir).parts[0] for p in w.lab.queue_dir.rglob(bad)]
+    assert set(places) & {"deferred", "corrupt"} and "hold" not in places
+
+
+def test_non_utf8_header_bytes_arrive_unchanged(w: World) -> None:
+    text = (
+        b"From: =?iso-8859-1?q?J=F6rg?= <j@example.com>\nSubject: Gr\xfc\xdfe \xff\xfe\n\nK\xf6ln\n"
+    )
+    qid = w.lab.submit("alice@example.com", ["x@kunde1.test"], text)
+    w.lab.wait_deferred(1)
+    queued = w.lab.postcat(qid, "-bh")
+
+    result = w.rescue("latin1").run("flush", "--queue-id", qid, "--json")
+
+    assert result.code == 0, result.stderr
+    [got] = w.smarthost.received
+    assert got.content == queued.replace(b"\n", b"\r\n")
+    assert b"Subject: Gr\xfc\xdfe \xff\xfe\r\n" in got.content
+
+
+def test_addresses_with_quotes_and_unusual_characters(w: World) -> None:
+    recipients = ['"john doe"@kunde2.test', "o'brien+tag@kunde2.test", "a=b/c!d%e@kunde2.test"]
+    qid = w.lab.submit("o'hara+x@example.com", recipients, body(1))
+    w.lab.wait_deferred(1)
+
+    result = w.rescue("quotes").run("flush", "--queue-id", qid, "--json")
+
+    assert result.code == 0, result.stderr
+    [got] = w.smarthost.received
+    assert sorted(got.rcpt_tos) == sorted(recipients)
+    assert "=example.com=o'hara+x@" in got.mail_from
+
+
+def test_empty_queue(w: World) -> None:
+    result = w.rescue("empty").run("flush", "--all", "--json")
+    assert result.code == 0
+    assert result.summary["selected"] == 0
+    assert "Nothing to reroute" in result.stderr
+    scan = w.rescue("empty").run("scan")
+    assert scan.code == 0
