@@ -19,7 +19,7 @@ from rescue.dispatch import Dispatcher
 from rescue.errors import DeliveryError, PostfixError, QueueFileError, RescueError
 from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
-from rescue.postfix.commands import Postfix
+from rescue.queue import MailQueue
 from rescue.srs import SrsRewriter
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class Flush:
     def __init__(
         self,
         *,
-        postfix: Postfix,
+        queue: MailQueue,
         journal: Journal,
         srs: SrsRewriter,
         dispatcher: Dispatcher,
@@ -170,7 +170,7 @@ class Flush:
         report: Callable[[Outcome], None],
         primary: str,
     ) -> None:
-        self._postfix = postfix
+        self._queue = queue
         self._journal = journal
         self._srs = srs
         self._dispatcher = dispatcher
@@ -238,7 +238,7 @@ class Flush:
             )
             for item in items
         )
-        held_ids = self._postfix.hold(i.queue_id for i in items)
+        held_ids = self._queue.hold(i.queue_id for i in items)
         held = [i for i in items if i.queue_id in held_ids]
         self._open.update((i.queue_id, i) for i in held)
         self._journal.record([i.key for i in held], HELD)
@@ -357,8 +357,8 @@ class Flush:
         if not items:
             return
         try:
-            deleted = self._postfix.delete(i.queue_id for i in items)
-        except PostfixError as exc:
+            deleted = self._queue.delete(i.queue_id for i in items)
+        except RescueError as exc:
             log.error("could not delete %d accepted messages from hold: %s", len(items), exc)
             deleted = set()
         self._journal.record([i.key for i in items if i.queue_id in deleted], DELETED)
@@ -373,8 +373,8 @@ class Flush:
         if not items:
             return
         try:
-            released = self._postfix.release(i.queue_id for i in items)
-        except PostfixError as exc:
+            released = self._queue.release(i.queue_id for i in items)
+        except RescueError as exc:
             log.error("could not release %d messages: %s", len(items), exc)
             released = set()
         self._journal.record(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from rescue.journal import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Entry, Journal
 from rescue.model import QueuedMessage
-from rescue.postfix.commands import Postfix
+from rescue.queue import MailQueue
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +29,24 @@ class RecoveryReport:
         return not (self.deleted or self.released or self.gone)
 
 
-def _on_hold(postfix: Postfix) -> dict[str, QueuedMessage]:
+def _on_hold(queue: MailQueue) -> dict[str, QueuedMessage]:
     held: dict[str, QueuedMessage] = {}
-    for item in postfix.listing():
+    for item in queue.listing():
         if isinstance(item, QueuedMessage) and item.queue_name == "hold":
             held[item.key] = item
     return held
 
 
-def recover(journal: Journal, postfix: Postfix) -> RecoveryReport:
+def recover(journal: Journal, queue: MailQueue) -> RecoveryReport:
     entries = journal.unfinished()
     if not entries:
         return RecoveryReport()
-    held = _on_hold(postfix)
+    held = _on_hold(queue)
     to_delete = [e for e in entries if e.state == ACCEPTED and e.key in held]
     to_release = [e for e in entries if e.state != ACCEPTED and e.key in held]
     gone = [e for e in entries if e.key not in held]
 
-    deleted = postfix.delete(e.queue_id for e in to_delete)
+    deleted = queue.delete(e.queue_id for e in to_delete)
     _record(
         journal,
         [e for e in to_delete if e.queue_id in deleted],
@@ -62,7 +62,7 @@ def recover(journal: Journal, postfix: Postfix) -> RecoveryReport:
                 entry.reply,
             )
 
-    released = postfix.release(e.queue_id for e in to_release)
+    released = queue.release(e.queue_id for e in to_release)
     for entry in to_release:
         if entry.queue_id not in released:
             continue

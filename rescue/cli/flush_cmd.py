@@ -110,7 +110,7 @@ def execute(
     reporter: FlushReporter,
 ) -> Summary:
     flush = Flush(
-        postfix=postfix,
+        queue=postfix,
         journal=journal,
         srs=SrsRewriter.from_config(cfg.srs),
         dispatcher=Dispatcher(cfg.smarthosts, cfg.retry),
