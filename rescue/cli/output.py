@@ -49,6 +49,10 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
     return data
 
 
+# Past this many messages the closing list shows only those not rerouted.
+LIST_LIMIT = 100
+
+
 class FlushReporter:
     """Reports each message as it settles: JSON lines, or a progress bar with log lines."""
 
@@ -132,11 +136,18 @@ class FlushReporter:
         out.print("Dry run: nothing was changed.")
 
     def _result_lines(self, out: Console) -> None:
+        """One line a message; past LIST_LIMIT only those that need attention."""
+        many = len(self.outcomes) > LIST_LIMIT
         for o in self.outcomes:
-            if o.action == "rerouted":
+            if o.action == "rerouted" and not many:
                 out.print(f"{o.queue_id} rerouted via {o.smarthost}: {o.reply}", markup=False)
-            else:
+            elif o.action != "rerouted":
                 out.print(f"{o.queue_id} {o.action}: {o.detail}", markup=False)
+        if many:
+            out.print(
+                f"({len(self.outcomes)} messages: rerouted ones are not listed; "
+                "--json or -v shows each)"
+            )
 
 
 _NUMERIC = frozenset({"messages", "recipients", "oldest", "count", "age"})
