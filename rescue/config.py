@@ -447,6 +447,25 @@ def parse_config(path: Path, text: str) -> Config:
     return cfg
 
 
+def load_srs_config(path: Path) -> SrsConfig:
+    """Only the [srs] table: for `srs` commands, which need no smarthost password.
+
+    The SRS server handles mail from strangers; it should not hold the smarthosts'
+    passwords, nor fail because their files are not among its credentials.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            path, None, "no such file (use --config or $QUEUE_RESCUE_CONFIG)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    return _read_srs(_Table(path, "", data))
+
+
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
     """The file to read: --config, then $QUEUE_RESCUE_CONFIG, then the default."""
     if explicit:

@@ -16,8 +16,9 @@ import click
 
 from rescue.classify.catalog import Catalog, load_catalog
 from rescue.classify.dns import MxResolver
-from rescue.config import Config, config_path
+from rescue.config import Config, SrsConfig, config_path
 from rescue.config import load_config as _load_config
+from rescue.config import load_srs_config as _load_srs_config
 from rescue.errors import (
     ConfigError,
     JournalError,
@@ -44,12 +45,24 @@ class State:
         return self._config
 
 
-def load_config(ctx: click.Context) -> Config:
-    """The command's configuration, read and validated once."""
+def _state(ctx: click.Context) -> State:
     state = ctx.find_object(State)
     if state is None:  # a command invoked on its own, outside the group
         state = ctx.ensure_object(State)
-    return state.config()
+    return state
+
+
+def load_config(ctx: click.Context) -> Config:
+    """The command's configuration, read and validated once."""
+    return _state(ctx).config()
+
+
+def load_srs_config(ctx: click.Context) -> SrsConfig:
+    """Only the [srs] table of the configuration (see config.load_srs_config)."""
+    state = _state(ctx)
+    if state._config is not None:
+        return state._config.srs
+    return _load_srs_config(config_path(state.config_option))
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,7 +10,7 @@ import socket
 
 import click
 
-from rescue.cli.common import fail, load_config
+from rescue.cli.common import fail, load_srs_config
 from rescue.errors import SrsError
 from rescue.exitcodes import ExitCode
 from rescue.socketmap import DEFAULT_IDLE_TIMEOUT, DEFAULT_SOCKET_MODE, parse_listen, serve
@@ -120,7 +120,7 @@ async def _serve_until_signal(
 
 def _rewriter(ctx: click.Context) -> SrsRewriter:
     try:
-        return SrsRewriter.from_config(load_config(ctx).srs)
+        return SrsRewriter.from_config(load_srs_config(ctx))
     except SrsError as exc:
         fail(ExitCode.USAGE, f"[srs] configuration: {exc}")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rescue.config import ConfigError, load_config, parse_config
+from rescue.config import ConfigError, load_config, load_srs_config, parse_config
 
 
 def write_secret(path: Path, text: str = "s3cret-value-for-tests\n", mode: int = 0o600) -> Path:
@@ -183,3 +183,14 @@ def test_example_config_is_valid_apart_from_its_files() -> None:
         err = exc
     # The example points at files that do not exist here: only that may fail.
     assert err is None or "does not exist" in err.problem, err
+
+
+def test_srs_commands_read_only_the_srs_table(tmp_path: Path) -> None:
+    text = base_config(tmp_path).replace('tls = "none"', 'tls = "starttls"')
+    text += f'username = "u"\npassword_file = "{tmp_path / "missing-password"}"\n'
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(path)  # the whole file needs the password file
+    srs = load_srs_config(path)  # the SRS server does not
+    assert srs.domain == "srs.example.net"
