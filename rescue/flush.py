@@ -356,6 +356,7 @@ class Flush:
     def _delete(self, items: list[_Item]) -> None:
         if not items:
             return
+        self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
         try:
             deleted = self._queue.delete(i.queue_id for i in items)
         except RescueError as exc:

@@ -14,6 +14,7 @@ what was accepted (never sending it again) and releases everything else.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -87,6 +88,32 @@ class Entry:
     updated: float
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One state change of a message, with what the journal knows of the message."""
+
+    at: float
+    key: str
+    queue_id: str
+    state: str
+    provider: str | None
+    sender: str | None
+    recipients: tuple[str, ...]
+    smarthost: str | None
+    reply: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    run_id: int
+    command: str
+    pid: int
+    started: float
+    ended: float | None
+    summary: dict[str, int]
+
+
 class Journal:
     """SQLite in WAL mode; every state change is its own committed transaction."""
 
@@ -96,9 +123,10 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a state change is on disk before the next step is taken,
-            # also across a power loss (the journal is what recovery trusts).
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: each committed step survives a crash of this
+            # process (SIGKILL, a bug). Surviving a power loss as well is what
+            # sync() is for: it runs before every step that cannot be undone.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
@@ -106,6 +134,22 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    def sync(self) -> None:
+        """Put every committed step on disk (fsync the WAL), also across a power loss.
+
+        Called before messages are deleted from Postfix: a deleted message's
+        `accepted` must never be lost, or a restart would send it again.
+        """
+        for suffix in ("-wal", ""):
+            try:
+                fd = os.open(f"{self.path}{suffix}", os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -254,6 +298,73 @@ class Journal:
         ).fetchall()
         return [_entry(r) for r in rows]
 
+    # --- reading, for the service's limits and `status` ------------------------------------
+
+    def accepted_since(self, since: float) -> dict[str, int]:
+        """Messages each smarthost accepted from `since` on, by smarthost name."""
+        rows = self._db.execute(
+            "SELECT smarthost, count(*) FROM events WHERE at >= ? AND state = ? GROUP BY smarthost",
+            (since, ACCEPTED),
+        ).fetchall()
+        return {str(host): int(count) for host, count in rows if host is not None}
+
+    def released_since(self, since: float) -> set[str]:
+        """Keys of the messages released to Postfix from `since` on."""
+        rows = self._db.execute(
+            "SELECT DISTINCT key FROM events WHERE at >= ? AND state = ?", (since, RELEASED)
+        ).fetchall()
+        return {str(row[0]) for row in rows}
+
+    def history(self, since: float, states: Iterable[str]) -> list[Event]:
+        """Events in these states from `since` on, oldest first, with their message's data."""
+        wanted = sorted(set(states))
+        marks = ",".join("?" * len(wanted))
+        rows = self._db.execute(
+            f"""SELECT e.at, e.key, e.queue_id, e.state, m.provider, m.sender, m.recipients,
+                       e.smarthost, e.reply, e.detail
+                FROM events e LEFT JOIN messages m ON m.key = e.key
+                WHERE e.at >= ? AND e.state IN ({marks}) ORDER BY e.id""",  # noqa: S608
+            (since, *wanted),
+        ).fetchall()
+        return [_event(row) for row in rows]
+
+    def explain_release(self, reasons: Iterable[tuple[str, str]]) -> None:
+        """Put why each message (key, reason) was released on its last `released` event.
+
+        The flush records a release as plain "released"; its outcome knows the reason
+        (the smarthost's reply, a shutdown), which `status` shows.
+        """
+        rows = [(reason, key) for key, reason in reasons]
+        if not rows:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                """UPDATE events SET detail = ? WHERE id =
+                     (SELECT max(id) FROM events WHERE key = ? AND state = 'released')""",
+                rows,
+            )
+            db.executemany(
+                "UPDATE messages SET detail = ? WHERE key = ? AND state = 'released'", rows
+            )
+
+    def last_run(self, command: str) -> Run | None:
+        """The latest run of this command (`run` is the service)."""
+        row = self._db.execute(
+            "SELECT run_id, command, pid, started, ended, summary FROM runs "
+            "WHERE command = ? ORDER BY run_id DESC LIMIT 1",
+            (command,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Run(
+            run_id=int(row[0]),
+            command=str(row[1]),
+            pid=int(row[2]),
+            started=float(row[3]),
+            ended=None if row[4] is None else float(row[4]),
+            summary=json.loads(row[5]) if row[5] else {},
+        )
+
 
 _SELECT = """SELECT key, queue_id, run_id, state, provider, sender, recipients, smarthost,
                     reply, detail, updated FROM messages"""
@@ -278,3 +389,18 @@ def _entry(row: tuple[object, ...]) -> Entry:
 
 def _opt(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _event(row: tuple[object, ...]) -> Event:
+    return Event(
+        at=float(str(row[0])),
+        key=str(row[1]),
+        queue_id=str(row[2]),
+        state=str(row[3]),
+        provider=_opt(row[4]),
+        sender=_opt(row[5]),
+        recipients=tuple(json.loads(str(row[6]))) if row[6] else (),
+        smarthost=_opt(row[7]),
+        reply=_opt(row[8]),
+        detail=_opt(row[9]),
+    )
