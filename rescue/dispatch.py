@@ -130,13 +130,13 @@ class Dispatcher:
                 self._failed(host)
                 raise
             except DeliveryError:
-                self._return(host, session)
+                await self._return(host, session)
                 raise
             except BaseException:
                 session.close()
                 raise
             host.failures = 0
-            self._return(host, session)
+            await self._return(host, session)
             return Accepted(host.cfg.name, reply)
 
     async def _session(self, host: _Smarthost) -> Session:
@@ -153,11 +153,12 @@ class Dispatcher:
             raise
         return session
 
-    def _return(self, host: _Smarthost, session: Session) -> None:
+    async def _return(self, host: _Smarthost, session: Session) -> None:
+        """Keep a session for the next message, or end it politely with QUIT."""
         if session.usable:
             host.idle.append(session)
         else:
-            session.close()
+            await session.quit()
 
     def _failed(self, host: _Smarthost) -> None:
         host.failures += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,8 @@ _POSTSUPER_LINE = re.compile(
 _QUEUE_ID = re.compile(r"^[0-9A-Za-z]{5,32}$")
 
 COMMAND_TIMEOUT = 300.0
+
+log = logging.getLogger(__name__)
 
 
 def valid_queue_id(queue_id: str) -> bool:
@@ -126,7 +129,11 @@ class Postfix:
             if (m := _POSTSUPER_LINE.match(line))
         }
         if result.returncode != 0:
-            raise PostfixError(f"postsuper {flag} - {queue} failed: {_text(result.stderr)}")
+            if not done:
+                raise PostfixError(f"postsuper {flag} - {queue} failed: {_text(result.stderr)}")
+            # It acted on some before failing: those must be accounted for (a held
+            # message has to be released again), so report them and log the rest.
+            log.error("postsuper %s - %s failed part way: %s", flag, queue, _text(result.stderr))
         return done
 
     def hold(self, queue_ids: Iterable[str]) -> set[str]:

@@ -143,3 +143,28 @@ def test_empty_queue(w: World) -> None:
     assert "Nothing to reroute" in result.stderr
     scan = w.rescue("empty").run("scan")
     assert scan.code == 0
+
+
+def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: Path) -> None:
+    ids = submit(w, 3)
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"\n'
+            'case " $* " in *" -h "*) echo "postsuper: fatal: disk trouble" >&2; exit 1;; esac\n'
+        ),
+    )
+
+    result = w.rescue("partial-hold", command_dir=commands).run(
+        "flush", "--provider", "ionos", "--json"
+    )
+
+    assert result.code == 0, result.stderr
+    assert result.summary["rerouted"] == 3
+    assert "failed part way" in result.stderr
+    assert {r.rcpt_tos[0] for r in w.smarthost.received} == {
+        f"c{i}@kunde{i + 1}.test" for i in range(3)
+    }
+    assert w.lab.queue() == []
+    assert len(ids) == 3
