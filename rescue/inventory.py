@@ -13,12 +13,20 @@ from rescue.model import Classification, QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine
 
 
-@dataclass
+@dataclass(repr=False)
 class Inventory:
     messages: list[QueuedMessage] = field(default_factory=list)
     classes: dict[str, tuple[Classification, ...]] = field(default_factory=dict)
     bad: list[BadLine] = field(default_factory=list)
     dns_queries: int = 0
+
+    def __repr__(self) -> str:
+        # Short: asyncio.run() (3.11) builds the repr of a coroutine's result when it puts
+        # the SIGINT handler back, and a full one of 10,000 messages takes 0.1 s.
+        return (
+            f"Inventory({len(self.messages)} messages, {len(self.bad)} unreadable, "
+            f"{self.dns_queries} DNS queries)"
+        )
 
 
 class _ReasonHosts:

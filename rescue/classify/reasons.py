@@ -56,7 +56,8 @@ def reply_text(reason: str) -> str:
 
 
 _MASKS = (
-    (re.compile(r"\[(?:ipv6:)?[0-9A-Fa-f:.]+\]"), "[IP]"),
+    # [192.0.2.1] or [2001:db8::1]; not a bracketed code such as Orange's [104].
+    (re.compile(r"\[(?:ipv6:)?(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)\]"), "[IP]"),
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "IP"),
     (re.compile(r"\b[0-9A-F]{10,12}\b"), "QUEUEID"),  # short Postfix queue ids
     (re.compile(r"\b[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{12,}z[0-9A-Za-z]{5,}\b"), "QUEUEID"),

@@ -74,3 +74,9 @@ def test_normalize_masks_addresses_and_queue_ids() -> None:
     )
     assert a == b
     assert "[IP]" in a and "QUEUEID" in a
+
+
+def test_normalize_keeps_bracketed_codes() -> None:
+    text = normalize_reason("host smtp-in.orange.fr[193.252.22.65] said: 421 mwinf [104] refused")
+    assert text == "host smtp-in.orange.fr[IP] said: 421 mwinf [104] refused"
+    assert "[IP]" in normalize_reason("host mx.example[2001:db8::25] said: 451 later")
