@@ -7,15 +7,22 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.world import World, build_world
+from tests.lab.postfix import new_lab_root, remove_lab_root
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    built = build_world(tmp_path_factory.mktemp("world"))
+def world() -> Iterator[World]:
+    # Not under pytest's tmp_path: another pytest run starting would close it to 0700
+    # and lock the postfix user out of this lab.
+    root = new_lab_root("world-")
     try:
-        yield built
+        built = build_world(root)
+        try:
+            yield built
+        finally:
+            built.stop()
     finally:
-        built.stop()
+        remove_lab_root(root)
 
 
 @pytest.fixture

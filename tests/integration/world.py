@@ -66,7 +66,7 @@ def build_world(root: Path) -> World:
     dns.add_mx(OTHER_DOMAIN, [(10, "mx.other-provider.test")])
     transports = {d: provider.next_hop for d in [*CUSTOMER_DOMAINS, OTHER_DOMAIN]}
     transports[ACCEPTING_DOMAIN] = accepting.next_hop
-    lab = PostfixLab(root / "postfix", transports=transports, name=root.name[:12])
+    lab = PostfixLab(root / "postfix", transports=transports, name="world")
     lab.start()
     return World(lab, provider, accepting, smarthost, dns, root)
 
