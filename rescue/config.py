@@ -28,6 +28,10 @@ REROUTE_MODES = ("manual", "auto")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Each service cycle has showq scan the whole queue; more often than this is only load.
+MIN_INTERVAL = 1.0
+# Set by systemd for a unit with LoadCredential= (systemd.exec(5), "Credentials").
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,10 @@ class SmarthostConfig:
     cooldown: float = 300.0
     # Sessions are closed and reopened after this many messages.
     max_messages_per_session: int = 100
+    # The smarthost's quota (messages accepted in any hour / day); the service keeps
+    # to it, counting from the journal. None: no limit.
+    max_per_hour: int | None = None
+    max_per_day: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +134,15 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The `[service]` table: how `queue-rescue run` works."""
+
+    interval: float = 60.0  # seconds from the start of one cycle to the next
+    # Where Prometheus scrapes the metrics: (host, port); None: no metrics served.
+    metrics_listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     postfix: PostfixConfig
@@ -135,6 +152,7 @@ class Config:
     providers: tuple[ProviderConfig, ...]
     retry: RetryConfig
     dns: DnsConfig
+    service: ServiceConfig = ServiceConfig()
 
 
 # --- loading --------------------------------------------------------------------------
@@ -251,6 +269,7 @@ _REQUIRED = object()
 
 def read_secret_file(path: Path, table: _Table, key: str, *, many: bool) -> tuple[Secret, ...]:
     """Read a secret file, refusing one that group or others may read or write."""
+    path = credential_or(path)
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -275,6 +294,21 @@ def read_secret_file(path: Path, table: _Table, key: str, *, many: bool) -> tupl
     if not many:
         values = values[:1]
     return tuple(Secret(v) for v in values)
+
+
+def credential_or(path: Path) -> Path:
+    """The systemd credential named like `path`'s file, when the service has one; else `path`.
+
+    Under systemd, `LoadCredential=srs-secrets:/etc/queue-rescue/srs-secrets` hands the
+    service a private copy (or a decrypted LoadCredentialEncrypted= one): the config keeps
+    naming the real file, so the same config.toml also works for commands run by hand.
+    """
+    folder = os.environ.get(CREDENTIALS_ENV)
+    if folder:
+        credential = Path(folder) / path.name
+        if credential.is_file():
+            return credential
+    return path
 
 
 def _read_postfix(top: _Table) -> PostfixConfig:
@@ -340,6 +374,8 @@ def _read_smarthost(t: _Table) -> SmarthostConfig:
         max_failures=t.get_int("max_failures", 3, minimum=1),
         cooldown=t.get_duration("cooldown", 300.0),
         max_messages_per_session=t.get_int("max_messages_per_session", 100, minimum=1),
+        max_per_hour=t.get_int("max_per_hour", None, minimum=1),
+        max_per_day=t.get_int("max_per_day", None, minimum=1),
     )
     if cfg.port > 65535:
         raise t.error("port", f"must be at most 65535, got {cfg.port}")
@@ -410,6 +446,29 @@ def _read_dns(top: _Table) -> DnsConfig:
     return cfg
 
 
+def _read_service(top: _Table) -> ServiceConfig:
+    t = top.table("service")
+    interval = t.get_duration("interval", 60.0)
+    if interval < MIN_INTERVAL:
+        raise t.error("interval", f"must be at least {MIN_INTERVAL:g}s")
+    listen = t.get_str("metrics_listen", None)
+    cfg = ServiceConfig(
+        interval=interval,
+        metrics_listen=None if listen is None else _host_port(t, "metrics_listen", listen),
+    )
+    t.finish()
+    return cfg
+
+
+def _host_port(t: _Table, key: str, text: str) -> tuple[str, int]:
+    """(host, port) from "127.0.0.1:9465", "[::1]:9465" or "localhost:9465"."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise t.error(key, f'expected "host:port" like "127.0.0.1:9465", got {text!r}')
+    return host, int(port)
+
+
 def _unique(tables: list[T], names: Callable[[T], str], top: _Table, key: str) -> None:
     seen: set[str] = set()
     for index, item in enumerate(tables):
@@ -442,6 +501,7 @@ def parse_config(path: Path, text: str) -> Config:
         providers=providers,
         retry=_read_retry(top),
         dns=_read_dns(top),
+        service=_read_service(top),
     )
     top.finish()
     return cfg

@@ -102,6 +102,7 @@ class Event:
     smarthost: str | None
     reply: str | None
     detail: str | None
+    command: str | None  # of the run that did it: "flush", "run" (the service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,30 +322,33 @@ class Journal:
         marks = ",".join("?" * len(wanted))
         rows = self._db.execute(
             f"""SELECT e.at, e.key, e.queue_id, e.state, m.provider, m.sender, m.recipients,
-                       e.smarthost, e.reply, e.detail
+                       e.smarthost, e.reply, e.detail, r.command
                 FROM events e LEFT JOIN messages m ON m.key = e.key
+                              LEFT JOIN runs r ON r.run_id = e.run_id
                 WHERE e.at >= ? AND e.state IN ({marks}) ORDER BY e.id""",  # noqa: S608
             (since, *wanted),
         ).fetchall()
         return [_event(row) for row in rows]
 
-    def explain_release(self, reasons: Iterable[tuple[str, str]]) -> None:
-        """Put why each message (key, reason) was released on its last `released` event.
+    def explain_release(self, reasons: Iterable[tuple[str, str]], *, since: float) -> None:
+        """Put why each message (key, reason) was released on its `released` event since `since`.
 
         The flush records a release as plain "released"; its outcome knows the reason
         (the smarthost's reply, a shutdown), which `status` shows.
         """
-        rows = [(reason, key) for key, reason in reasons]
+        rows = [(reason, key, since) for key, reason in reasons]
         if not rows:
             return
         with self._transaction() as db:
             db.executemany(
-                """UPDATE events SET detail = ? WHERE id =
-                     (SELECT max(id) FROM events WHERE key = ? AND state = 'released')""",
+                """UPDATE events SET detail = ? WHERE id = (SELECT max(id) FROM events
+                     WHERE key = ? AND state = 'released' AND at >= ?)""",
                 rows,
             )
             db.executemany(
-                "UPDATE messages SET detail = ? WHERE key = ? AND state = 'released'", rows
+                "UPDATE messages SET detail = ? WHERE key = ? AND state = 'released' "
+                "AND updated >= ?",
+                rows,
             )
 
     def last_run(self, command: str) -> Run | None:
@@ -403,4 +407,5 @@ def _event(row: tuple[object, ...]) -> Event:
         smarthost=_opt(row[7]),
         reply=_opt(row[8]),
         detail=_opt(row[9]),
+        command=_opt(row[10]),
     )

@@ -1,0 +1,60 @@
+"""`queue-rescue run`: the service; reroutes what the auto rules pick, every interval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from rescue.cli.common import load_config, own_relays
+from rescue.lock import InstanceLock
+from rescue.metrics import Metrics
+from rescue.sdnotify import Notifier
+from rescue.service import Service
+
+
+def service_logging() -> None:
+    """INFO by default: a service's log is its record of what it did to each message."""
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    if root.level > logging.DEBUG:
+        # The service logs each outcome itself, with its provider; the flush's own lines
+        # would say the same again (its warnings and errors still show).
+        logging.getLogger("rescue.flush").setLevel(logging.WARNING)
+
+
+@click.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run as a service: reroute deferred mail by the providers' auto rules.
+
+    Every [service] interval the queue is listed and classified; mail that a
+    provider with reroute = "auto" deferred with one of its reasons is flushed
+    through the smarthost as `flush` would (min_age, min_messages and
+    max_per_cycle per provider; max_per_hour and max_per_day per smarthost).
+    Mail to every other destination stays with Postfix.
+
+    \b
+    Signals:
+      SIGTERM, SIGINT  stop taking messages, give those in flight back to Postfix, exit 0
+      SIGHUP           read the configuration again (a bad one is logged, the old one kept)
+
+    Holds the lock for its whole life: stop the service to run `flush` by hand.
+    Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
+    """
+    # Until the loop handles it: a reload asked for while starting must not end us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    service_logging()
+    cfg = load_config(ctx)
+    metrics = Metrics()
+    with InstanceLock(cfg.journal.lock_path, "run"):
+        if cfg.service.metrics_listen is not None:
+            metrics.serve(*cfg.service.metrics_listen)
+        try:
+            service = Service(cfg, notifier=Notifier(), metrics=metrics, relays=own_relays)
+            asyncio.run(service.run())
+        finally:
+            metrics.close()

@@ -1,0 +1,128 @@
+"""`queue-rescue status`: what was rerouted and released lately, read from the journal."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import click
+
+from rescue.cli.common import load_config, parse_duration
+from rescue.cli.output import age, console, json_line, print_table
+from rescue.journal import ACCEPTED, RELEASED, Event, Journal, Run
+
+# Journal states as `status` names them: "rerouted" is when the smarthost accepted it.
+ACTIONS = {ACCEPTED: "rerouted", RELEASED: "released"}
+HEADERS = ("time", "queue_id", "action", "by", "provider", "recipients", "smarthost", "reply")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def service_state(run: Run | None) -> dict[str, Any]:
+    if run is None:
+        return {"running": False, "pid": None, "started": None, "ended": None}
+    return {
+        "running": run.ended is None and alive(run.pid),
+        "pid": run.pid,
+        "started": run.started,
+        "ended": run.ended,
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    rerouted = event.state == ACCEPTED
+    return {
+        "time": round(event.at, 3),
+        "queue_id": event.queue_id,
+        "action": ACTIONS[event.state],
+        "by": event.command,
+        "provider": event.provider,
+        "sender": event.sender,
+        "recipients": list(event.recipients),
+        "smarthost": event.smarthost,
+        "reply": event.reply if rerouted else None,
+        "reason": None if rerouted else event.detail,
+    }
+
+
+def _when(seconds: float | None) -> str:
+    return "-" if seconds is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def service_line(state: dict[str, Any], now: float) -> str:
+    if state["pid"] is None:
+        return "Service: has not run (no `queue-rescue run` in the journal)"
+    if state["running"]:
+        return f"Service: running, pid {state['pid']}, for {age(now - state['started'])}"
+    if state["ended"] is None:
+        return f"Service: not running (pid {state['pid']} stopped without ending its run)"
+    return f"Service: not running (last run ended {_when(state['ended'])})"
+
+
+@click.command()
+@click.option(
+    "--since",
+    default="1h",
+    show_default=True,
+    metavar="AGE",
+    help="How far back to look (30m, 2h, 1d).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per action, then a summary.")
+@click.pass_context
+def status(ctx: click.Context, since: str, as_json: bool) -> None:
+    """Show what the service (and `flush`) did lately, from the journal.
+
+    Rerouted messages with the smarthost's reply, released ones (given back to
+    Postfix) with the reason, oldest first, and whether the service runs.
+    Reads the journal only: it works while the service holds the lock.
+    """
+    window = parse_duration(since)
+    cfg = load_config(ctx)
+    now = time.time()
+    if cfg.journal.path.exists():
+        journal = Journal(cfg.journal.path)
+        try:
+            events = journal.history(now - window, ACTIONS)
+            state = service_state(journal.last_run("run"))
+        finally:
+            journal.close()
+    else:
+        events, state = [], service_state(None)
+    counts = {action: 0 for action in ACTIONS.values()}
+    for event in events:
+        counts[ACTIONS[event.state]] += 1
+    if as_json:
+        for event in events:
+            json_line(event_json(event))
+        json_line({"summary": {"since": round(now - window, 3), **counts, "service": state}})
+        return
+    out = console()
+    out.print(service_line(state, now))
+    out.print(
+        f"Since {_when(now - window)}: {counts['rerouted']} rerouted, {counts['released']} released"
+    )
+    if events:
+        print_table(out, "Recent actions", HEADERS, [row(e) for e in events])
+
+
+def row(event: Event) -> tuple[str, ...]:
+    data = event_json(event)
+    return (
+        _when(event.at),
+        event.queue_id,
+        data["action"],
+        event.command or "-",
+        event.provider or "-",
+        "\n".join(event.recipients) or "-",
+        event.smarthost or "-",
+        (data["reply"] or data["reason"] or "-").strip(),
+    )

@@ -1,0 +1,536 @@
+"""`queue-rescue run`: every interval, reroute what the providers' auto rules pick.
+
+The first half is pure (which messages a cycle takes, what the smarthosts' quotas
+allow) and tested without Postfix; the second is the loop that feeds it the queue
+and runs the same Flush as the `flush` command, under the same lock and journal.
+
+A provider's `min_age` counts from the message's arrival: Postfix tries a new
+message at once, so a deferred message has been deferred about that long. (Its
+defer log has no times, and the queue file's mtime is the next retry, not the
+first failure.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rescue.classify.catalog import Catalog, Provider, load_catalog
+from rescue.classify.dns import MxResolver
+from rescue.config import Config, SmarthostConfig, load_config
+from rescue.dispatch import Dispatcher
+from rescue.errors import JournalError, RescueError
+from rescue.flush import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
+from rescue.inventory import take_inventory
+from rescue.journal import Journal
+from rescue.metrics import NO_SMARTHOST, Metrics
+from rescue.model import Classification, QueuedMessage, Selected
+from rescue.postfix.commands import Postfix
+from rescue.postfix.listing import BadLine
+from rescue.postfix.reader import HeldMessageReader
+from rescue.recovery import recover
+from rescue.sdnotify import Notifier
+from rescue.select import Selectors, choose
+from rescue.srs import SrsRewriter
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600.0
+DAY = 86400.0
+# A message the smarthost refused is not offered again sooner than Postfix itself would
+# retry it (its minimal_backoff_time default); asking every interval only hammers it.
+RELEASE_BACKOFF = 300.0
+# After SIGTERM, how long the abandoned cycle may take to give its messages back; below
+# the unit's TimeoutStopSec (30s), so systemd never has to kill us.
+STOP_DEADLINE = 20.0
+UNKNOWN_PROVIDER = "(unknown)"
+
+# Why a message matching an auto rule waits for a later cycle (a metric label too).
+MIN_MESSAGES = "min_messages"
+MIN_AGE = "min_age"
+BACKOFF = "backoff"
+MAX_PER_CYCLE = "max_per_cycle"
+QUOTA = "quota"
+LIMITS = frozenset({MAX_PER_CYCLE, QUOTA})  # the rest are rules: logged at debug level
+
+# --- the rules (pure) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What one cycle takes, oldest first, and what waits for a later cycle and why."""
+
+    selection: tuple[Selected, ...]
+    held_back: Mapping[tuple[str, str], int]  # (provider, why) -> messages
+    deferred: Mapping[str, tuple[int, int]]  # provider -> (messages, recipients)
+
+
+def deferred_by_provider(
+    messages: Sequence[QueuedMessage], classes: Mapping[str, Sequence[Classification]]
+) -> dict[str, tuple[int, int]]:
+    """Deferred (messages, recipients) by the recipients' provider."""
+    msgs: collections.Counter[str] = collections.Counter()
+    rcpts: collections.Counter[str] = collections.Counter()
+    for message in messages:
+        if message.queue_name != "deferred":
+            continue
+        providers = [c.provider or UNKNOWN_PROVIDER for c in classes[message.queue_id]]
+        rcpts.update(providers)
+        msgs.update(set(providers))
+    return {p: (msgs[p], rcpts[p]) for p in sorted(msgs)}
+
+
+def _arrival(selected: Selected) -> int:
+    return selected.message.arrival_time
+
+
+def choose_auto(
+    messages: Sequence[QueuedMessage],
+    classes: Mapping[str, Sequence[Classification]],
+    providers: Sequence[Provider],
+    now: float,
+    *,
+    backoff: Collection[str] = (),
+) -> Choice:
+    """Deferred messages the `reroute = "auto"` providers' rules take this cycle.
+
+    A message is taken for the first auto provider (in catalog order) that one of its
+    recipients is deferred by with a matching reason, as `flush --provider` would take
+    it, when: at least `min_messages` messages are so deferred at that provider, the
+    message is `min_age` old, and it is not in `backoff` (keys of messages released
+    lately). At most `max_per_cycle` per provider, the oldest.
+    """
+    autos = [p for p in providers if p.reroute == "auto"]
+    matching: dict[str, list[Selected]] = {p.name: [] for p in autos}
+    for message in messages:
+        for provider in autos:
+            only = Selectors(providers=frozenset({provider.name}))
+            selected = choose(message, classes[message.queue_id], only, now)
+            if selected is not None:
+                matching[provider.name].append(selected)
+                break
+    held: collections.Counter[tuple[str, str]] = collections.Counter()
+    chosen: list[Selected] = []
+    for provider in autos:
+        found = sorted(matching[provider.name], key=_arrival)
+        if found and len(found) < provider.min_messages:
+            held[provider.name, MIN_MESSAGES] += len(found)
+            continue
+        ripe = []
+        for selected in found:
+            if now - selected.message.arrival_time < provider.min_age:
+                held[provider.name, MIN_AGE] += 1
+            elif selected.message.key in backoff:
+                held[provider.name, BACKOFF] += 1
+            else:
+                ripe.append(selected)
+        cap = provider.max_per_cycle
+        if cap is not None and len(ripe) > cap:
+            held[provider.name, MAX_PER_CYCLE] += len(ripe) - cap
+            ripe = ripe[:cap]
+        chosen.extend(ripe)
+    chosen.sort(key=_arrival)
+    return Choice(tuple(chosen), dict(held), deferred_by_provider(messages, classes))
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What the smarthosts' quotas allow this cycle."""
+
+    smarthosts: tuple[SmarthostConfig, ...]  # those the cycle may use, in config order
+    budget: int | None  # the most messages the cycle may send; None: no limit
+    full: tuple[str, ...] = ()  # smarthosts at a limit, in words
+
+
+def remaining(host: SmarthostConfig, last_hour: int, last_day: int) -> int | None:
+    """Messages `host` may still take now; None: it has no limit."""
+    left = [
+        limit - sent
+        for limit, sent in ((host.max_per_hour, last_hour), (host.max_per_day, last_day))
+        if limit is not None
+    ]
+    return max(0, min(left)) if left else None
+
+
+def smarthost_quota(
+    smarthosts: Sequence[SmarthostConfig],
+    last_hour: Mapping[str, int],
+    last_day: Mapping[str, int],
+    demand: int,
+) -> Quota:
+    """The smarthosts a cycle of `demand` messages may use, and how many it may send.
+
+    Counts are what each smarthost accepted in the last hour and day (the journal's,
+    so a restart does not reset them). The first smarthost with room sets the budget;
+    a later one stands by (for failover) only when it has room for the whole cycle,
+    since the dispatcher may hand it every message. A full one sits the cycle out.
+    """
+    left = {}
+    full = []
+    for host in smarthosts:
+        hour, day = last_hour.get(host.name, 0), last_day.get(host.name, 0)
+        left[host.name] = remaining(host, hour, day)
+        if left[host.name] == 0:
+            full.append(
+                f"{host.name} took {hour} in the last hour (max_per_hour {host.max_per_hour}), "
+                f"{day} in the last day (max_per_day {host.max_per_day})"
+            )
+    usable = [h for h in smarthosts if left[h.name] != 0]
+    if not usable:
+        return Quota((), 0, tuple(full))
+    budget = left[usable[0].name]
+    need = demand if budget is None else min(budget, demand)
+    standby = [h for h in usable[1:] if (room := left[h.name]) is None or room >= need]
+    return Quota((usable[0], *standby), budget, tuple(full))
+
+
+def within_budget(choice: Choice, budget: int | None) -> Choice:
+    """The choice cut to the budget (the oldest stay); the rest wait for the quota."""
+    if budget is None or len(choice.selection) <= budget:
+        return choice
+    held = collections.Counter(choice.held_back)
+    for selected in choice.selection[budget:]:
+        held[selected.provider, QUOTA] += 1
+    return replace(choice, selection=choice.selection[:budget], held_back=dict(held))
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
+class _Parts:
+    """What a configuration builds once and every cycle shares, until a reload."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.catalog: Catalog = load_catalog(cfg.providers)
+        self.srs = SrsRewriter.from_config(cfg.srs)
+        # One resolver for the config's life: its cache spares DNS a lookup per cycle.
+        self.resolver = MxResolver(cfg.dns) if cfg.dns.enabled else None
+        self.reader: HeldMessageReader | None = None
+        # One dispatcher per set of smarthosts, kept across cycles so that a smarthost's
+        # cool-down after failures outlasts the cycle it began in.
+        self._dispatchers: dict[tuple[str, ...], Dispatcher] = {}
+
+    def dispatcher(self, hosts: Sequence[SmarthostConfig]) -> Dispatcher:
+        names = tuple(h.name for h in hosts)
+        if names not in self._dispatchers:
+            self._dispatchers[names] = Dispatcher(hosts, self.cfg.retry)
+        return self._dispatchers[names]
+
+
+def _listing(postfix: Postfix) -> list[QueuedMessage | BadLine]:
+    return list(postfix.listing())
+
+
+def _rcpts(outcome: Outcome) -> str:
+    return ",".join(outcome.recipients) or "-"
+
+
+def log_outcome(outcome: Outcome) -> None:
+    """One line per message the service acted on: id, provider, recipients, smarthost, reply."""
+    o = outcome
+    if o.action == REROUTED:
+        log.info(
+            "%s: rerouted: provider %s, to %s via %s: %s",
+            o.queue_id,
+            o.provider,
+            _rcpts(o),
+            o.smarthost,
+            o.reply,
+        )
+    else:
+        log.log(
+            logging.WARNING if o.action == FAILED else logging.INFO,
+            "%s: %s: provider %s, to %s, via %s: %s",
+            o.queue_id,
+            o.action,
+            o.provider,
+            _rcpts(o),
+            o.smarthost or "-",
+            o.detail,
+        )
+
+
+@dataclass
+class _Cycle:
+    """What one cycle did, for the status line, the metrics and the run's totals."""
+
+    deferred: int = 0
+    summary: Summary = field(default_factory=Summary)
+    held_back: int = 0
+    error: str | None = None
+
+    def summary_line(self) -> str:
+        c = self.summary.counts
+        return (
+            f"{self.deferred} deferred, {c[REROUTED]} rerouted, {c[RELEASED_ACTION]} released, "
+            f"{c[FAILED]} failed, {self.held_back} held back"
+        )
+
+    def status(self) -> str:
+        if self.error is not None:
+            return f"last cycle failed: {self.error}"
+        return f"last cycle {time.strftime('%H:%M:%S')}: {self.summary_line()}"
+
+
+class Service:
+    """The loop of `queue-rescue run`; run() returns once SIGTERM or SIGINT stopped it."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        notifier: Notifier,
+        metrics: Metrics,
+        relays: Callable[[Config, Postfix], tuple[str, ...]],
+        load: Callable[[Path], Config] = load_config,
+    ) -> None:
+        """`relays` names Postfix's own relays (the CLI's own_relays: config and relayhost)."""
+        self._cfg = cfg
+        self._relays = relays
+        self._notifier = notifier
+        self._metrics = metrics
+        self._load = load
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._reload_asked = False
+        self._parts = _Parts(cfg)
+        self.totals: collections.Counter[str] = collections.Counter()
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: no new messages; those in flight go back to Postfix")
+            self._notifier.stopping("stopping")
+        self._stop.set()
+
+    def reload(self) -> None:
+        log.info("reloading %s", self._cfg.path)
+        self._reload_asked = True
+        self._wake.set()
+
+    def _apply_reload(self) -> None:
+        self._reload_asked = False
+        old = self._cfg
+        try:
+            new = self._load(old.path)
+            if new.journal != old.journal:
+                log.warning("reload: a new [journal] takes a restart; keeping %s", old.journal)
+                new = replace(new, journal=old.journal)
+            if new.service.metrics_listen != old.service.metrics_listen:
+                log.warning("reload: a new [service] metrics_listen takes a restart")
+            parts = _Parts(new)
+        except RescueError as exc:
+            log.error("reload failed, keeping the configuration in use: %s", exc)
+            return
+        self._cfg, self._parts = new, parts
+        log.info("reloaded %s", new.path)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        every = self._notifier.watchdog_interval
+        watchdog = asyncio.create_task(self._watchdog(every)) if every else None
+        journal = Journal(self._cfg.journal.path)
+        try:
+            journal.begin_run("run", os.getpid())
+            self._log_start()
+            await self._loop(journal)
+            journal.end_run(dict(self.totals))
+        finally:
+            journal.close()
+            if watchdog is not None:
+                watchdog.cancel()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            log.info("stopped")
+
+    def _log_start(self) -> None:
+        cfg = self._cfg
+        autos = [p.name for p in self._parts.catalog.providers if p.reroute == "auto"]
+        log.info(
+            "started: every %gs, reroute = auto for %s, through %s",
+            cfg.service.interval,
+            ", ".join(autos) or 'no provider (set reroute = "auto" in a [[provider]])',
+            ", ".join(h.name for h in cfg.smarthosts),
+        )
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(every)
+
+    async def _loop(self, journal: Journal) -> None:
+        ready = False
+        while not self._stop.is_set():
+            started = time.monotonic()
+            cycle = await self._guarded(journal)
+            if self._stop.is_set():
+                break
+            if ready:
+                self._notifier.status(cycle.status())
+            else:
+                self._notifier.ready(cycle.status())
+                ready = True
+            await self._sleep(started + self._cfg.service.interval - time.monotonic())
+            if self._reload_asked:
+                self._apply_reload()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until the next cycle is due, or a signal says otherwise."""
+        waiters = {asyncio.create_task(self._stop.wait()), asyncio.create_task(self._wake.wait())}
+        try:
+            await asyncio.wait(
+                waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self._wake.clear()
+
+    async def _guarded(self, journal: Journal) -> _Cycle:
+        """One cycle; its errors are logged and it is tried again next interval.
+
+        SIGTERM cancels it: the flush then gives what it holds back to Postfix.
+        Without the journal nothing is safe, so a JournalError ends the service.
+        """
+        cycle = _Cycle()
+        task = asyncio.create_task(self._cycle(journal, cycle))
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=STOP_DEADLINE)
+            if not task.done():
+                log.error("the abandoned cycle did not end within %.0fs", STOP_DEADLINE)
+            return cycle
+        if task.cancelled() or (exc := task.exception()) is None:
+            return cycle
+        if isinstance(exc, JournalError):
+            raise exc
+        self._metrics.cycle_errors.inc()
+        cycle.error = str(exc)
+        if isinstance(exc, RescueError):
+            log.error("cycle failed: %s; trying again in %gs", exc, self._cfg.service.interval)
+        else:
+            log.error("cycle failed with an unexpected error (a bug)", exc_info=exc)
+            cycle.error = f"unexpected error: {exc!r}"
+        return cycle
+
+    async def _cycle(self, journal: Journal, cycle: _Cycle) -> None:
+        cfg, parts = self._cfg, self._parts
+        started = time.monotonic()
+        postfix = Postfix(cfg.postfix)
+        # Every cycle, not only the first: a release that failed in the last one (postsuper
+        # down) is repaired here. Without open journal entries it costs one query.
+        report = recover(journal, postfix)
+        if not report.empty:
+            log.info(
+                "recovered: %d accepted earlier deleted from hold, %d released to Postfix",
+                len(report.deleted),
+                len(report.released),
+            )
+        listing = await asyncio.to_thread(_listing, postfix)
+        relays = await asyncio.to_thread(self._relays, cfg, postfix)
+        inventory = await take_inventory(listing, parts.catalog, parts.resolver, relays)
+        for bad in inventory.bad:
+            log.warning("%s: unreadable queue listing line: %s", bad.queue_id or "?", bad.problem)
+        now = time.time()
+        choice = choose_auto(
+            inventory.messages,
+            inventory.classes,
+            parts.catalog.providers,
+            now,
+            backoff=journal.released_since(now - RELEASE_BACKOFF),
+        )
+        quota = smarthost_quota(
+            cfg.smarthosts,
+            journal.accepted_since(now - HOUR),
+            journal.accepted_since(now - DAY),
+            len(choice.selection),
+        )
+        choice = within_budget(choice, quota.budget)
+        self._report_held(choice, quota)
+        cycle.deferred = sum(1 for m in inventory.messages if m.queue_name == "deferred")
+        cycle.held_back = sum(choice.held_back.values())
+        self._metrics.deferred(choice.deferred)
+        self._metrics.held(choice.held_back)
+        if choice.selection:
+            await self._flush(journal, postfix, choice.selection, quota.smarthosts, cycle)
+            log.info("cycle: %s", cycle.summary_line())
+        self.totals.update(cycle.summary.counts)
+        self._metrics.last_cycle.set(time.time())
+        self._metrics.last_cycle_duration.set(time.monotonic() - started)
+
+    def _report_held(self, choice: Choice, quota: Quota) -> None:
+        for text in quota.full:
+            log.info("smarthost quota reached: %s", text)
+        for (provider, why), count in sorted(choice.held_back.items()):
+            level = logging.INFO if why in LIMITS else logging.DEBUG
+            log.log(level, "%s: %d messages wait for a later cycle (%s)", provider, count, why)
+
+    async def _flush(
+        self,
+        journal: Journal,
+        postfix: Postfix,
+        selection: Sequence[Selected],
+        smarthosts: Sequence[SmarthostConfig],
+        cycle: _Cycle,
+    ) -> None:
+        parts = self._parts
+        if parts.reader is None:
+            parts.reader = await asyncio.to_thread(HeldMessageReader, postfix)
+        dispatcher = parts.dispatcher(smarthosts)
+        errors_before = dispatcher.error_counts()
+        keys = {s.message.queue_id: s.message.key for s in selection}
+        reasons: list[tuple[str, str]] = []
+
+        def report(outcome: Outcome) -> None:
+            log_outcome(outcome)
+            labels = (outcome.provider or UNKNOWN_PROVIDER, outcome.smarthost or NO_SMARTHOST)
+            if outcome.action == REROUTED:
+                self._metrics.rerouted.labels(*labels).inc()
+            elif outcome.action in (RELEASED_ACTION, FAILED):
+                self._metrics.failed.labels(*labels).inc()
+                reasons.append((keys[outcome.queue_id], outcome.detail))
+
+        flush = Flush(
+            queue=postfix,
+            journal=journal,
+            srs=parts.srs,
+            dispatcher=dispatcher,
+            read_envelope=parts.reader,
+            report=report,
+            primary=smarthosts[0].name,
+        )
+        cycle.summary = flush.summary
+        since = time.time()
+        try:
+            await flush.run(selection)
+        finally:
+            journal.explain_release(reasons, since=since)
+            self._metrics.errors(_new_errors(errors_before, dispatcher.error_counts()))
+
+
+def _new_errors(
+    before: Mapping[str, Mapping[str, int]], after: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
+    return {
+        host: {kind: n - before.get(host, {}).get(kind, 0) for kind, n in kinds.items()}
+        for host, kinds in after.items()
+    }
