@@ -378,9 +378,12 @@ class Flush:
         except RescueError as exc:
             log.error("could not release %d messages: %s", len(items), exc)
             released = set()
-        self._journal.record(
-            [i.key for i in items if i.queue_id in released], RELEASED, detail="released"
-        )
+        by_reason: dict[str, list[tuple[str, str]]] = {}
+        for item in items:
+            if item.queue_id in released:
+                by_reason.setdefault(item.detail or "released", []).append(item.key)
+        for reason, keys in by_reason.items():  # `status` shows why each was released
+            self._journal.record(keys, RELEASED, detail=reason)
         for item in items:
             self._open.pop(item.queue_id, None)
             if item.queue_id in released:

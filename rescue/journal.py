@@ -330,27 +330,6 @@ class Journal:
         ).fetchall()
         return [_event(row) for row in rows]
 
-    def explain_release(self, reasons: Iterable[tuple[str, str]], *, since: float) -> None:
-        """Put why each message (key, reason) was released on its `released` event since `since`.
-
-        The flush records a release as plain "released"; its outcome knows the reason
-        (the smarthost's reply, a shutdown), which `status` shows.
-        """
-        rows = [(reason, key, since) for key, reason in reasons]
-        if not rows:
-            return
-        with self._transaction() as db:
-            db.executemany(
-                """UPDATE events SET detail = ? WHERE id = (SELECT max(id) FROM events
-                     WHERE key = ? AND state = 'released' AND at >= ?)""",
-                rows,
-            )
-            db.executemany(
-                "UPDATE messages SET detail = ? WHERE key = ? AND state = 'released' "
-                "AND updated >= ?",
-                rows,
-            )
-
     def last_run(self, command: str) -> Run | None:
         """The latest run of this command (`run` is the service)."""
         row = self._db.execute(

@@ -497,8 +497,6 @@ class Service:
             parts.reader = await asyncio.to_thread(HeldMessageReader, postfix)
         dispatcher = parts.dispatcher(smarthosts)
         errors_before = dispatcher.error_counts()
-        keys = {s.message.queue_id: s.message.key for s in selection}
-        reasons: list[tuple[str, str]] = []
 
         def report(outcome: Outcome) -> None:
             log_outcome(outcome)
@@ -507,7 +505,6 @@ class Service:
                 self._metrics.rerouted.labels(*labels).inc()
             elif outcome.action in (RELEASED_ACTION, FAILED):
                 self._metrics.failed.labels(*labels).inc()
-                reasons.append((keys[outcome.queue_id], outcome.detail))
 
         flush = Flush(
             queue=postfix,
@@ -519,11 +516,9 @@ class Service:
             primary=smarthosts[0].name,
         )
         cycle.summary = flush.summary
-        since = time.time()
         try:
             await flush.run(selection)
         finally:
-            journal.explain_release(reasons, since=since)
             self._metrics.errors(_new_errors(errors_before, dispatcher.error_counts()))
 
 
