@@ -273,8 +273,7 @@ def test_release_reasons_and_history(tmp_path: Path) -> None:
     item = [("B:1:1", "B")]
     journal.start([(item[0], "ionos", "a@example.com", ["c@kunde2.test"])])
     journal.record(item, SENDING, smarthost="relay1")
-    journal.record(item, RELEASED, detail="released")
-    journal.explain_release([("B:1:1", "relay1 refused at MAIL: 550 no")], since=0)
+    journal.record(item, RELEASED, detail="relay1 refused at MAIL: 550 no")
     assert journal.released_since(0) == {"B:1:1"}
     events = journal.history(0, [ACCEPTED, RELEASED])
     assert [(e.queue_id, e.state) for e in events] == [("A", ACCEPTED), ("B", RELEASED)]
