@@ -7,9 +7,13 @@ import click
 from rescue import __version__
 from rescue.cli.check_cmd import check
 from rescue.cli.common import RescueGroup, State, setup_logging
+from rescue.cli.export_cmd import export
 from rescue.cli.flush_cmd import flush
+from rescue.cli.providers_cmd import providers
+from rescue.cli.run_cmd import run
 from rescue.cli.scan_cmd import scan
 from rescue.cli.srs_cmd import srs
+from rescue.cli.status_cmd import status
 from rescue.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
 EXIT_CODES = """\b
@@ -60,8 +64,12 @@ def cli(ctx: click.Context, config: str | None, verbose: int, log_format: str) -
 
 cli.add_command(scan)
 cli.add_command(flush)
+cli.add_command(export)
 cli.add_command(srs)
 cli.add_command(check)
+cli.add_command(providers)
+cli.add_command(run)
+cli.add_command(status)
 
 
 def main() -> None:

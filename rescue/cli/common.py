@@ -29,6 +29,8 @@ from rescue.errors import (
 from rescue.exitcodes import ExitCode
 from rescue.inventory import Inventory, take_inventory
 from rescue.postfix.commands import Postfix
+from rescue.queue import MailQueue
+from rescue.spool import BadFile
 
 log = logging.getLogger("rescue")
 T = TypeVar("T")
@@ -182,26 +184,37 @@ class QueueView:
     inventory: Inventory
     catalog: Catalog
     postfix: Postfix
+    queue: MailQueue  # where the inventory came from: `postfix`, or a copy or an export
 
 
-def inventory_of(cfg: Config, *, use_dns: bool = True) -> QueueView:
+def inventory_of(
+    cfg: Config, *, use_dns: bool = True, source: MailQueue | None = None
+) -> QueueView:
+    """Take stock of live Postfix, or of `source` (a spool copy or an export folder)."""
     postfix = Postfix(cfg.postfix)
     catalog = load_catalog(cfg.providers)
-    relays = own_relays(cfg, postfix)
+    queue: MailQueue = postfix if source is None else source
+    # A copy or an export may come from another host: this host's relayhost says nothing
+    # about where its mail was stuck (the configured own_relays still count).
+    relays = own_relays(cfg, postfix) if source is None else cfg.postfix.own_relays
 
     async def collect() -> Inventory:
         resolver = MxResolver(cfg.dns) if (use_dns and cfg.dns.enabled) else None
-        return await take_inventory(postfix.listing(), catalog, resolver, relays)
+        return await take_inventory(queue.listing(), catalog, resolver, relays)
 
     inventory = run_async(collect())
     for bad in inventory.bad:
+        if isinstance(bad, BadFile):
+            where = f"{bad.queue_id}: " if bad.queue_id else ""
+            log.warning("%sskipped %s: %s", where, bad.path, bad.problem)
+            continue
         log.warning(
             "%s: unreadable line %d of the queue listing: %s",
             bad.queue_id or "?",
             bad.number,
             bad.problem,
         )
-    return QueueView(inventory, catalog, postfix)
+    return QueueView(inventory, catalog, postfix, queue)
 
 
 def is_terminal(stream: Any) -> bool:

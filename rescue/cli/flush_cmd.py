@@ -1,4 +1,10 @@
-"""`queue-rescue flush`: reroute the selected deferred mail through the smarthost."""
+"""`queue-rescue flush`: reroute the selected deferred mail through the smarthost.
+
+From live Postfix, from a copy of a queue directory (`--spool DIR`), or from an
+export (`--from DIR`). A copy and an export keep their own journal and lock in
+DIR/queue-rescue/: recovery after a crash then only ever acts on the place the
+crashed run worked on, never on another source's messages.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -19,19 +27,25 @@ from rescue.cli.common import (
     run_async,
 )
 from rescue.cli.output import FlushReporter
-from rescue.config import Config
+from rescue.config import Config, JournalConfig
 from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode
-from rescue.flush import Flush, Summary
+from rescue.export import ExportError, ExportQueue
+from rescue.flush import EnvelopeReader, Flush, Summary
 from rescue.flush import dry_run as preview
 from rescue.journal import Journal
 from rescue.lock import InstanceLock
-from rescue.model import Selected
+from rescue.model import Classification, QueuedMessage, Selected
 from rescue.postfix.commands import Postfix
 from rescue.postfix.reader import HeldMessageReader
+from rescue.queue import MailQueue
 from rescue.recovery import RecoveryReport, recover
 from rescue.select import Selectors, choose
+from rescue.spool import SpoolError, SpoolQueue, settle_strays
 from rescue.srs import SrsRewriter
+
+# A place other than live Postfix that mail is rescued from.
+Copy = SpoolQueue | ExportQueue
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +74,19 @@ def selectors_from(
     )
 
 
-def select(cfg: Config, selectors: Selectors) -> tuple[list[Selected], Postfix]:
-    view = inventory_of(cfg)
+def whole(message: QueuedMessage, classes: Sequence[Classification]) -> Selected | None:
+    """`flush --from` without selectors: every pending pair, whatever its provider."""
+    if message.queue_name != "deferred" or not message.recipients:
+        return None
+    known = [c for c in classes if c.provider is not None] or [Classification(provider=None)]
+    return Selected(message, known[0].provider or "-", known[0].reason_matched, tuple(classes))
+
+
+def select(
+    cfg: Config, selectors: Selectors, source: MailQueue | None = None, *, everything: bool = False
+) -> list[Selected]:
+    """The messages to take, oldest first; `everything` ignores providers (an export)."""
+    view = inventory_of(cfg, source=source, use_dns=not everything)
     unknown = selectors.providers - set(view.catalog.by_name)
     if unknown:
         names = ", ".join(sorted(view.catalog.by_name))
@@ -72,13 +97,46 @@ def select(cfg: Config, selectors: Selectors) -> tuple[list[Selected], Postfix]:
     now = time.time()
     chosen = []
     for message in view.inventory.messages:
-        selected = choose(message, view.inventory.classes[message.queue_id], selectors, now)
+        classes = view.inventory.classes[message.queue_id]
+        if everything:
+            selected = whole(message, classes)
+        else:
+            selected = choose(message, classes, selectors, now)
         if selected is not None:
             chosen.append(selected)
     chosen.sort(key=lambda s: s.message.arrival_time)  # oldest mail first
     if selectors.limit is not None:
         chosen = chosen[: selectors.limit]
-    return chosen, view.postfix
+    return chosen
+
+
+def open_copy(spool: Path | None, from_dir: Path | None) -> Copy | None:
+    """The spool copy or export named on the command line, checked; None: live Postfix."""
+    if spool is not None and from_dir is not None:
+        raise click.UsageError("--spool and --from exclude each other")
+    copy: Copy
+    if spool is not None:
+        copy, hint = SpoolQueue(spool), "--spool"
+    elif from_dir is not None:
+        copy, hint = ExportQueue(from_dir), "--from"
+    else:
+        return None
+    try:
+        copy.check()
+    except (SpoolError, ExportError) as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    return copy
+
+
+def recover_copy(journal: Journal, copy: Copy) -> RecoveryReport:
+    """Recovery, then whatever a lost journal left in DIR/queue-rescue/held/."""
+    first = recover(journal, copy)
+    strays = settle_strays(journal, copy)
+    return RecoveryReport(
+        deleted=first.deleted + strays.deleted,
+        released=first.released + strays.released,
+        gone=first.gone,
+    )
 
 
 def report_recovery(report: RecoveryReport) -> None:
@@ -105,16 +163,17 @@ def confirm(selection: list[Selected], cfg: Config) -> bool:
 def execute(
     cfg: Config,
     selection: list[Selected],
-    postfix: Postfix,
+    queue: MailQueue,
+    read_envelope: EnvelopeReader,
     journal: Journal,
     reporter: FlushReporter,
 ) -> Summary:
     flush = Flush(
-        queue=postfix,
+        queue=queue,
         journal=journal,
         srs=SrsRewriter.from_config(cfg.srs),
         dispatcher=Dispatcher(cfg.smarthosts, cfg.retry),
-        read_envelope=HeldMessageReader(postfix),
+        read_envelope=read_envelope,
         report=reporter,
         primary=cfg.smarthosts[0].name,
     )
@@ -123,6 +182,9 @@ def execute(
     except KeyboardInterrupt:
         reporter.finish(flush.summary)
         raise
+
+
+FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
 @click.command()
@@ -163,6 +225,19 @@ def execute(
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per message, then a summary."
 )
+@click.option(
+    "--spool",
+    type=FOLDER,
+    metavar="DIR",
+    help="Work on a copy of a Postfix queue directory (no Postfix may run on it).",
+)
+@click.option(
+    "--from",
+    "from_dir",
+    type=FOLDER,
+    metavar="DIR",
+    help="Send an export (queue-rescue export): all of it unless selectors narrow it.",
+)
 @click.pass_context
 def flush(
     ctx: click.Context,
@@ -176,29 +251,40 @@ def flush(
     dry_run: bool,
     yes: bool,
     as_json: bool,
+    spool: Path | None,
+    from_dir: Path | None,
 ) -> None:
     """Reroute deferred mail through the smarthost, with SRS senders.
 
     Selected messages are put on hold, sent to the first [[smarthost]] that
     takes them (the envelope sender rewritten with SRS), deleted from Postfix
     once accepted, and released back to Postfix's deferred queue otherwise.
-    A selector is required (or --all).
+    A selector is required (or --all), except with --from.
+
+    With --spool DIR or --from DIR the messages come from a copy of a queue
+    directory or from an export instead: what is being sent moves to
+    DIR/queue-rescue/held/, what was sent to DIR/queue-rescue/done/; nothing
+    is deleted. That folder also holds the journal of these runs.
 
     \b
     Examples:
       queue-rescue flush --provider ionos --dry-run
       queue-rescue flush --provider ionos --older-than 30m --yes
       queue-rescue flush --queue-id 4F2A81C0D3 --json
+      queue-rescue flush --spool /mnt/oldhost/var/spool/postfix --provider ionos
+      queue-rescue flush --from /srv/rescued-mail --yes
     """
     selectors = selectors_from(provider, queue_id, domain, older_than, reason, limit, select_all)
-    if selectors.empty:
+    everything = from_dir is not None and selectors.empty
+    if selectors.empty and not everything:
         raise click.UsageError(
             "say which mail to reroute: --provider, --queue-id, --domain, --older-than, "
             "--reason, or --all"
         )
+    copy = open_copy(spool, from_dir)
     cfg = load_config(ctx)
     if dry_run:
-        selection, postfix = select(cfg, selectors)
+        selection = select(cfg, selectors, copy, everything=everything)
         reporter = FlushReporter(
             as_json=as_json, total=len(selection), interactive=False, dry_run=True
         )
@@ -206,13 +292,21 @@ def flush(
         reporter.finish(preview(selection, srs, cfg.smarthosts[0].name, reporter))
         return
 
-    with InstanceLock(cfg.journal.lock_path, "flush"):
-        journal = Journal(cfg.journal.path)
+    journal_cfg = cfg.journal if copy is None else JournalConfig(copy.journal_path)
+    with InstanceLock(journal_cfg.lock_path, "flush"):
+        journal = Journal(journal_cfg.path)
         try:
             journal.begin_run("flush", os.getpid())
-            postfix = Postfix(cfg.postfix)
-            report_recovery(recover(journal, postfix))
-            selection, postfix = select(cfg, selectors)
+            queue: MailQueue
+            read_envelope: EnvelopeReader
+            if copy is None:
+                postfix = Postfix(cfg.postfix)
+                report_recovery(recover(journal, postfix))
+                queue, read_envelope = postfix, HeldMessageReader(postfix)
+            else:
+                report_recovery(recover_copy(journal, copy))
+                queue, read_envelope = copy, copy.read_envelope
+            selection = select(cfg, selectors, copy, everything=everything)
             if not selection:
                 click.echo("Nothing to reroute: no deferred message matches.", err=True)
             interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
@@ -221,7 +315,7 @@ def flush(
             reporter = FlushReporter(
                 as_json=as_json, total=len(selection), interactive=interactive, dry_run=False
             )
-            summary = execute(cfg, selection, postfix, journal, reporter)
+            summary = execute(cfg, selection, queue, read_envelope, journal, reporter)
             journal.end_run({k: int(v) for k, v in summary.counts.items()})
         finally:
             journal.close()

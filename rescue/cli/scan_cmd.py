@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
-from rescue.classify.catalog import Catalog
+from rescue.classify.catalog import Catalog, KnownReason
 from rescue.cli.common import QueueView, inventory_of, load_config
 from rescue.cli.output import age, console, json_line, print_table
 from rescue.model import Classification, QueuedMessage
@@ -29,6 +30,7 @@ from rescue.shape import (
     shape,
     unclassified,
 )
+from rescue.spool import SpoolQueue
 
 Cell = str | Text
 # How many providers a row of another grouping names before "+N".
@@ -58,8 +60,16 @@ REASON_COLUMNS = ("recipients", "messages", "provider", "reroute_helps", "reason
     help="One JSON object per queued message (with --reasons: per distinct reason).",
 )
 @click.option("--no-dns", is_flag=True, help="Do not look up MX records.")
+@click.option(
+    "--spool",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Scan a copy of a Postfix queue directory instead of live Postfix.",
+)
 @click.pass_context
-def scan(ctx: click.Context, by: str, show_reasons: bool, as_json: bool, no_dns: bool) -> None:
+def scan(
+    ctx: click.Context, by: str, show_reasons: bool, as_json: bool, no_dns: bool, spool: Path | None
+) -> None:
     """Show the deferred queue like qshape, by provider and age.
 
     Rows count pending recipients per age bucket (minutes; a bucket holds ages
@@ -69,7 +79,7 @@ def scan(ctx: click.Context, by: str, show_reasons: bool, as_json: bool, no_dns:
     terminal and tab-separated when piped.
     """
     cfg = load_config(ctx)
-    view = inventory_of(cfg, use_dns=not no_dns)
+    view = inventory_of(cfg, use_dns=not no_dns, source=SpoolQueue(spool) if spool else None)
     inventory = view.inventory
     now = time.time()
     if as_json and not show_reasons:
@@ -87,7 +97,7 @@ def scan(ctx: click.Context, by: str, show_reasons: bool, as_json: bool, no_dns:
         return
     out = console()
     show_shape(out, shape(deferred, By(by), now), view.catalog)
-    show_unclassified(out, unclassified(deferred, now))
+    show_unclassified(out, unclassified(deferred))
     if out.is_terminal:
         out.print(footer(view, deferred, now, no_dns=no_dns), highlight=False)
 
@@ -144,16 +154,20 @@ def reason_json(summary: ReasonSummary, catalog: Catalog) -> dict[str, Any]:
 
 
 def show_table(
-    out: Console, title: str, headers: Sequence[str], rows: Sequence[Sequence[Cell]], counts: int
+    out: Console,
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Cell]],
+    numbers: Collection[str],
 ) -> None:
-    """Rich on a terminal, tab-separated when piped; columns from `counts` on are numbers."""
+    """Rich on a terminal, tab-separated when piped; the `numbers` columns right-aligned."""
     if not out.is_terminal:
         print_table(out, title, headers, [[str(cell) for cell in row] for row in rows])
         return
     table = Table(title=title, title_justify="left")
-    for index, header in enumerate(headers):
-        number = index >= counts
-        table.add_column(header, justify="right" if number else "left", overflow="fold")
+    for header in headers:
+        justify: JustifyMethod = "right" if header in numbers else "left"
+        table.add_column(header, justify=justify, overflow="fold")
     for row in rows:
         table.add_row(*row)
     out.print(table)
@@ -197,9 +211,8 @@ def _counts(row: Row) -> list[Cell]:
 
 def show_shape(out: Console, found: Shape, catalog: Catalog) -> None:
     by = found.by
-    headers = [by.value] + (["provider"] if by is not By.PROVIDER else [])
-    first_count = len(headers)
-    headers += ["messages", "T", *BUCKET_LABELS]
+    counts = ["messages", "T", *BUCKET_LABELS]
+    headers = [by.value] + (["provider"] if by is not By.PROVIDER else []) + counts
     rows: list[list[Cell]] = []
     for row in (found.total, *found.rows):
         cells: list[Cell] = [_key(row, by, catalog, out.is_terminal)]
@@ -207,7 +220,7 @@ def show_shape(out: Console, found: Shape, catalog: Catalog) -> None:
             cells.append(Text("") if row is found.total else _providers(row))
         rows.append(cells + _counts(row))
     title = f"Deferred recipients by {by.value} and age in minutes"
-    show_table(out, title, headers, rows, first_count)
+    show_table(out, title, headers, rows, counts)
 
 
 def show_unclassified(out: Console, found: Sequence[Unclassified]) -> None:
@@ -227,13 +240,18 @@ def show_unclassified(out: Console, found: Sequence[Unclassified]) -> None:
     ]
     out.file.write("\n")
     headers = ("domain", "provider", "recipients", "messages", "why")
-    show_table(out, "Recipients no provider could be named for", headers, rows, 2)
+    title = "Recipients no provider could be named for"
+    show_table(out, title, headers, rows, ("recipients", "messages"))
 
 
-def _helps(known: bool, helps: bool | None) -> Text:
-    if not known:
-        return Text("?", style="dim")
-    return Text("yes", style="green") if helps else Text("no", style="red")
+_HELPS_STYLE = {"yes": "green", "no": "red", "?": "dim"}
+
+
+def _helps(known: KnownReason | None) -> str:
+    """Whether rerouting helps, by the catalog: yes, no, or ? for a reason it does not know."""
+    if known is None:
+        return "?"
+    return "yes" if known.reroute_helps else "no"
 
 
 def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
@@ -243,7 +261,7 @@ def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
                 str(s.recipients),
                 str(s.messages),
                 s.provider_key,
-                "?" if s.known is None else "yes" if s.known.reroute_helps else "no",
+                _helps(s.known),
                 s.reason,
                 s.known.meaning if s.known else "",
                 s.known.fix if s.known else "",
@@ -267,7 +285,7 @@ def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
             str(s.recipients),
             str(s.messages),
             Text(s.provider_key, style=_style(s.provider_key)),
-            _helps(s.known is not None, s.known.reroute_helps if s.known else None),
+            Text(_helps(s.known), style=_HELPS_STYLE[_helps(s.known)]),
             explained,
         )
     out.print(table)

@@ -1,0 +1,544 @@
+"""`queue-rescue export`: move the selected deferred mail out of Postfix into a folder.
+
+Each message becomes a pair NAME.eml + NAME.json (rescue/export.py), sent later,
+here or on another host, with `flush --from DIR`. As in the flush, the journal
+records each step before it is taken: messages are held, written and fsynced,
+and only then deleted from Postfix (left on hold with --keep); whatever was not
+written is released, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from rescue.cli.common import fail, is_terminal, load_config
+from rescue.cli.flush_cmd import FOLDER, report_recovery, select, selectors_from
+from rescue.cli.output import age, console, json_line, print_table, show_sender
+from rescue.config import JournalConfig
+from rescue.errors import PostfixError, QueueFileError, RescueError
+from rescue.exitcodes import ExitCode
+from rescue.export import EML, JSON, ExportQueue, PairError, remove_pair, write_pair
+from rescue.flush import EnvelopeReader
+from rescue.journal import (
+    ACCEPTED,
+    DELETED,
+    HELD,
+    RELEASED,
+    SENDING,
+    SKIPPED,
+    Journal,
+)
+from rescue.lock import InstanceLock
+from rescue.model import Selected
+from rescue.postfix.commands import Postfix
+from rescue.postfix.reader import HeldMessageReader
+from rescue.queue import MailQueue
+from rescue.recovery import recover
+from rescue.spool import fsync_dir
+
+log = logging.getLogger(__name__)
+
+EXPORTED = "exported"
+WOULD_EXPORT = "would-export"
+RELEASED_ACTION = "released"
+FAILED = "failed"
+SKIPPED_ACTION = "skipped"
+ACTIONS = (EXPORTED, WOULD_EXPORT, RELEASED_ACTION, FAILED, SKIPPED_ACTION)
+# Pairs written and fsynced before the journal says so. A SIGKILL in between leaves at
+# most this many messages both in the folder and (released by recovery) in Postfix.
+CHUNK = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOutcome:
+    """What happened to one selected message; one JSON line in --json output."""
+
+    queue_id: str
+    action: str
+    sender: str
+    recipients: tuple[str, ...]
+    provider: str | None
+    arrival_time: int
+    eml: str | None = None
+    json: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class ExportSummary:
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0
+
+    def add(self, outcome: ExportOutcome) -> None:
+        self.counts[outcome.action] += 1
+
+    @property
+    def selected(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.selected == self.counts[EXPORTED] + self.counts[WOULD_EXPORT]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "selected": self.selected,
+            **{k.replace("-", "_"): v for k, v in self.counts.items()},
+            "elapsed_seconds": round(self.elapsed, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Item:
+    selected: Selected
+    eml: Path | None = None
+    json: Path | None = None
+    new: bool = False  # this run wrote the pair (else it was there already)
+    detail: str = ""
+    broken: bool = False  # could not be read: reported as failed once released
+
+    @property
+    def queue_id(self) -> str:
+        return self.selected.message.queue_id
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.selected.message.key, self.selected.message.queue_id)
+
+
+def _outcome(item: _Item, action: str) -> ExportOutcome:
+    message = item.selected.message
+    return ExportOutcome(
+        queue_id=message.queue_id,
+        action=action,
+        sender=message.sender,
+        recipients=tuple(r.address for r in message.recipients),
+        provider=item.selected.provider,
+        arrival_time=message.arrival_time,
+        eml=str(item.eml) if item.eml else None,
+        json=str(item.json) if item.json else None,
+        detail=item.detail,
+    )
+
+
+class Export:
+    """One export of a selection; `report` is called once per selected message."""
+
+    def __init__(
+        self,
+        *,
+        queue: MailQueue,
+        read_envelope: EnvelopeReader,
+        journal: Journal,
+        folder: Path,
+        keep: bool,
+        hostname: str | None,
+        report: Callable[[ExportOutcome], None],
+    ) -> None:
+        self._queue = queue
+        self._read = read_envelope
+        self._journal = journal
+        self._folder = folder
+        self._keep = keep
+        self._hostname = hostname
+        self._report_cb = report
+        self._target = f"export:{folder}"  # the journal's smarthost column
+        self.summary = ExportSummary()
+        self._open: dict[str, _Item] = {}  # held by us, not yet settled
+        self._exported: list[_Item] = []  # on disk and journaled: to delete from Postfix
+        self._failed: list[_Item] = []  # to release
+
+    def _report(self, item: _Item, action: str) -> None:
+        outcome = _outcome(item, action)
+        self.summary.add(outcome)
+        self._report_cb(outcome)
+
+    def run(self, selection: Sequence[Selected]) -> ExportSummary:
+        items = self._skip_already_sent([_Item(s) for s in selection])
+        try:
+            held = self._hold(items)
+            for start in range(0, len(held), CHUNK):
+                self._export_chunk(held[start : start + CHUNK])
+        finally:
+            self._settle()
+            self.summary.elapsed = time.monotonic() - self.summary.started
+        return self.summary
+
+    def _skip_already_sent(self, items: list[_Item]) -> list[_Item]:
+        states = self._journal.states(i.selected.message.key for i in items)
+        keep = []
+        for item in items:
+            if states.get(item.selected.message.key) in (ACCEPTED, DELETED):
+                item.detail = "already rerouted or exported in an earlier run; not exported again"
+                log.warning("%s: %s", item.queue_id, item.detail)
+                self._report(item, SKIPPED_ACTION)
+            else:
+                keep.append(item)
+        return keep
+
+    def _hold(self, items: list[_Item]) -> list[_Item]:
+        if not items:
+            return []
+        self._journal.start(
+            (
+                item.key,
+                item.selected.provider,
+                item.selected.message.sender,
+                [r.address for r in item.selected.message.recipients],
+            )
+            for item in items
+        )
+        held_ids = self._queue.hold(i.queue_id for i in items)
+        held = [i for i in items if i.queue_id in held_ids]
+        self._open.update((i.queue_id, i) for i in held)
+        self._journal.record([i.key for i in held], HELD)
+        gone = [i for i in items if i.queue_id not in held_ids]
+        self._journal.record([i.key for i in gone], SKIPPED, detail="not in the deferred queue")
+        for item in gone:
+            item.detail = "no longer in the deferred queue (Postfix delivered or moved it)"
+            self._report(item, SKIPPED_ACTION)
+        log.info("held %d of %d selected messages", len(held), len(items))
+        return held
+
+    def _export_chunk(self, chunk: list[_Item]) -> None:
+        self._journal.record([i.key for i in chunk], SENDING, smarthost=self._target)
+        written = [item for item in chunk if self._write(item)]
+        if not written:
+            return
+        try:
+            fsync_dir(self._folder)
+        except OSError as exc:
+            for item in written:
+                item.detail = f"cannot fsync {self._folder}: {exc}"
+                self._failed.append(item)
+            return
+        if self._keep:
+            self._journal.record(
+                [i.key for i in written],
+                SKIPPED,
+                smarthost=self._target,
+                detail="exported; kept on hold (--keep)",
+            )
+            for item in written:
+                self._open.pop(item.queue_id, None)
+                item.detail = item.detail or "kept on hold (--keep)"
+                self._report(item, EXPORTED)
+            return
+        self._journal.record(
+            [i.key for i in written],
+            ACCEPTED,
+            smarthost=self._target,
+            reply=f"written to {self._folder}",
+        )
+        self._exported.extend(written)
+
+    def _write(self, item: _Item) -> bool:
+        """Read the held message and write its pair; False (and why) when that fails."""
+        qid = item.queue_id
+        try:
+            envelope = self._read(qid)
+        except FileNotFoundError:
+            item.detail = "queue file vanished while on hold (deleted by someone else)"
+            log.warning("%s: %s", qid, item.detail)
+            self._open.pop(qid, None)
+            self._journal.record([item.key], SKIPPED, detail=item.detail)
+            self._report(item, SKIPPED_ACTION)
+            return False
+        except (QueueFileError, PostfixError) as exc:
+            item.detail = f"cannot read the message: {exc}"
+            item.broken = True
+            log.error("%s: %s; left in Postfix", qid, item.detail)
+            self._failed.append(item)
+            return False
+        if not envelope.recipients:
+            item.detail = "no pending recipients left"
+            self._failed.append(item)
+            return False
+        # The listing knows why each recipient was deferred; the queue file does not.
+        message = item.selected.message
+        reasons = {r.address: r.delay_reason for r in message.recipients}
+        recipients = tuple(
+            replace(r, delay_reason=reasons.get(r.address, r.delay_reason))
+            for r in envelope.recipients
+        )
+        try:
+            item.eml, item.json, item.new = write_pair(
+                self._folder,
+                replace(envelope, recipients=recipients),
+                arrival_time=message.arrival_time,
+                size=message.size,
+                hostname=self._hostname,
+            )
+        except PairError as exc:
+            item.detail = f"not written: {exc}"
+        except OSError as exc:
+            item.detail = f"cannot write to {self._folder}: {exc}"
+        else:
+            if not item.new:
+                item.detail = "the same message was already in the folder"
+            return True
+        log.error("%s: %s; released to Postfix", qid, item.detail)
+        self._failed.append(item)
+        return False
+
+    def _settle(self) -> None:
+        """Delete what is exported (batched), release all else we hold (batched)."""
+        exported, self._exported = self._exported, []
+        if exported:
+            self._delete(exported)
+        failed, self._failed = self._failed, []
+        ids = {i.queue_id for i in failed}
+        for item in self._open.values():  # held, neither exported nor failed: interrupted
+            if item.queue_id not in ids:
+                item.detail = item.detail or "interrupted before it was exported"
+                failed.append(item)
+        for item in failed:  # a pair this run wrote but did not confirm is taken back
+            if item.new and item.eml and item.json:
+                remove_pair(item.eml, item.json)
+                item.eml = item.json = None
+        if failed:
+            self._release(failed)
+
+    def _delete(self, items: list[_Item]) -> None:
+        self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
+        try:
+            deleted = self._queue.delete(i.queue_id for i in items)
+        except RescueError as exc:
+            log.error("could not delete %d exported messages from hold: %s", len(items), exc)
+            deleted = set()
+        self._journal.record([i.key for i in items if i.queue_id in deleted], DELETED)
+        for item in items:
+            self._open.pop(item.queue_id, None)
+            if item.queue_id not in deleted:
+                item.detail = "exported, but still on hold: the next run deletes it"
+                log.error("%s: %s", item.queue_id, item.detail)
+            self._report(item, EXPORTED)
+
+    def _release(self, items: list[_Item]) -> None:
+        try:
+            released = self._queue.release(i.queue_id for i in items)
+        except RescueError as exc:
+            log.error("could not release %d messages: %s", len(items), exc)
+            released = set()
+        self._journal.record(
+            [i.key for i in items if i.queue_id in released], RELEASED, detail="released"
+        )
+        for item in items:
+            self._open.pop(item.queue_id, None)
+            if item.queue_id in released:
+                self._report(item, FAILED if item.broken else RELEASED_ACTION)
+            else:
+                item.detail = f"{item.detail}; release failed: the next run releases it"
+                log.error("%s: %s", item.queue_id, item.detail)
+                self._report(item, FAILED)
+
+
+class ExportReporter:
+    """JSON lines, or a line per message and a summary (a table for a dry run)."""
+
+    def __init__(self, *, as_json: bool, dry_run: bool) -> None:
+        self.as_json = as_json
+        self.dry_run = dry_run
+        self.outcomes: list[ExportOutcome] = []
+
+    def __call__(self, outcome: ExportOutcome) -> None:
+        if self.as_json:
+            json_line(asdict(outcome))
+        else:
+            self.outcomes.append(outcome)
+
+    def finish(self, summary: ExportSummary) -> None:
+        if self.as_json:
+            json_line({"summary": summary.as_dict()})
+            return
+        out = console()
+        now = time.time()
+        if self.dry_run:
+            rows = [
+                (
+                    o.queue_id,
+                    age(now - o.arrival_time),
+                    show_sender(o.sender),
+                    "\n".join(o.recipients),
+                    o.provider or "-",
+                    o.eml or "-",
+                )
+                for o in self.outcomes
+            ]
+            headers = ("queue id", "age", "sender", "recipients", "provider", "file")
+            if rows:
+                print_table(out, "Dry run: would export (nothing was changed)", headers, rows)
+            out.print("Dry run: nothing was changed.")
+        else:
+            for o in self.outcomes:
+                where = f" to {o.eml}" if o.action == EXPORTED else ""
+                detail = f": {o.detail}" if o.detail else ""
+                out.print(f"{o.queue_id} {o.action}{where}{detail}", markup=False)
+        counts = summary.as_dict()
+        words = [f"{counts['selected']} selected"]
+        words += [f"{n} {a}" for a in ACTIONS if (n := summary.counts[a])]
+        out.print("Summary: " + ", ".join(words) + f" in {summary.elapsed:.1f}s", markup=False)
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so `finally` blocks run."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def prepare_folder(folder: Path) -> None:
+    """Create the export folder (private: it holds mail) and make its entry durable."""
+    try:
+        if not folder.is_dir():
+            folder.mkdir(mode=0o700, parents=True)
+            fsync_dir(folder.parent)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {folder}: {exc}", param_hint="--to") from None
+
+
+def hostname_of(postfix: Postfix) -> str | None:
+    try:
+        return postfix.postconf("myhostname") or None
+    except PostfixError:
+        return None
+
+
+def confirm(selection: list[Selected], folder: Path, keep: bool) -> bool:
+    recipients = sum(len(s.message.recipients) for s in selection)
+    then = "leave them on hold" if keep else "delete them from Postfix"
+    return click.confirm(
+        f"Export {len(selection)} messages ({recipients} recipients) to {folder} and {then}?",
+        default=False,
+        err=True,
+    )
+
+
+@click.command()
+@click.option("--to", "folder", type=FOLDER, required=True, metavar="DIR", help="Export here.")
+@click.option(
+    "--provider", "-p", multiple=True, metavar="NAME", help="Mail to this provider (repeatable)."
+)
+@click.option("--queue-id", "-q", multiple=True, metavar="ID", help="This queue id (repeatable).")
+@click.option(
+    "--domain", "-d", multiple=True, metavar="DOMAIN", help="Mail to this domain (repeatable)."
+)
+@click.option("--older-than", metavar="AGE", help="Only mail queued longer than AGE (30m, 2h, 1d).")
+@click.option("--reason", metavar="REGEX", help="Only recipients whose delay reason matches.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), metavar="N", help="At most N messages, oldest first."
+)
+@click.option(
+    "--all", "select_all", is_flag=True, help="Every deferred message its provider says to move."
+)
+@click.option("--keep", is_flag=True, help="Leave exported messages on hold in Postfix.")
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be exported; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per message, then a summary."
+)
+@click.pass_context
+def export(
+    ctx: click.Context,
+    folder: Path,
+    provider: tuple[str, ...],
+    queue_id: tuple[str, ...],
+    domain: tuple[str, ...],
+    older_than: str | None,
+    reason: str | None,
+    limit: int | None,
+    select_all: bool,
+    keep: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Move deferred mail out of Postfix into DIR, to send it later with `flush --from DIR`.
+
+    Selected messages are put on hold, written as DIR/QUEUEID.eml (the message
+    as queued) and DIR/QUEUEID.json (its envelope), fsynced, and only then
+    deleted from Postfix (--keep leaves them on hold). A message that cannot be
+    written is released to Postfix's deferred queue. Selectors as for flush.
+
+    \b
+    Examples:
+      queue-rescue export --to /srv/rescued-mail --provider ionos --dry-run
+      queue-rescue export --to /srv/rescued-mail --provider ionos --yes --json
+    """
+    selectors = selectors_from(provider, queue_id, domain, older_than, reason, limit, select_all)
+    if selectors.empty:
+        raise click.UsageError(
+            "say which mail to export: --provider, --queue-id, --domain, --older-than, "
+            "--reason, or --all"
+        )
+    cfg = load_config(ctx)
+    folder = folder.absolute()
+    if dry_run:
+        reporter = ExportReporter(as_json=as_json, dry_run=True)
+        summary = ExportSummary()
+        for selected in select(cfg, selectors):
+            item = _Item(selected)
+            item.eml = folder / (item.queue_id + EML)
+            item.json = folder / (item.queue_id + JSON)
+            outcome = _outcome(item, WOULD_EXPORT)
+            summary.add(outcome)
+            reporter(outcome)
+        summary.elapsed = time.monotonic() - summary.started
+        reporter.finish(summary)
+        return
+
+    prepare_folder(folder)
+    # The folder's own lock keeps a `flush --from` on it out while we write into it.
+    folder_lock = JournalConfig(ExportQueue(folder).journal_path).lock_path
+    with InstanceLock(cfg.journal.lock_path, "export"), InstanceLock(folder_lock, "export"):
+        journal = Journal(cfg.journal.path)
+        try:
+            journal.begin_run("export", os.getpid())
+            postfix = Postfix(cfg.postfix)
+            report_recovery(recover(journal, postfix))
+            selection = select(cfg, selectors)
+            if not selection:
+                click.echo("Nothing to export: no deferred message matches.", err=True)
+            interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
+            if selection and not yes and interactive and not confirm(selection, folder, keep):
+                fail(ExitCode.USAGE, "not confirmed; nothing was changed")
+            reporter = ExportReporter(as_json=as_json, dry_run=False)
+            run = Export(
+                queue=postfix,
+                read_envelope=HeldMessageReader(postfix),
+                journal=journal,
+                folder=folder,
+                keep=keep,
+                hostname=hostname_of(postfix),
+                report=reporter,
+            )
+            try:
+                with sigterm_interrupts():
+                    summary = run.run(selection)
+            except KeyboardInterrupt:
+                reporter.finish(run.summary)
+                raise
+            journal.end_run(dict(summary.counts))
+        finally:
+            journal.close()
+    reporter.finish(summary)
+    ctx.exit(int(ExitCode.OK if summary.complete else ExitCode.PARTIAL))
