@@ -14,6 +14,7 @@ pytestmark = pytest.mark.postfix
 MESSAGES = 10_000
 
 
+@pytest.mark.timeout(900)
 def test_ten_thousand_deferred_messages(w: World) -> None:
     def message(n: int) -> Submission:
         domain = CUSTOMER_DOMAINS[n % len(CUSTOMER_DOMAINS)]
