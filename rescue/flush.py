@@ -9,9 +9,13 @@ before it is taken so that a crash is repaired by the next start (recovery.py).
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import inspect
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -34,6 +38,8 @@ ACTIONS = (REROUTED, WOULD_REROUTE, RELEASED_ACTION, FAILED, SKIPPED_ACTION)
 # Settle (delete accepted, release refused) this often, so a long flush gives
 # mail back to Postfix as it goes, not only at the end.
 SETTLE_INTERVAL = 0.5
+# `sending` is journaled for this many messages at a time (see Flush._claim).
+CLAIM_AHEAD = 16
 
 
 class EnvelopeReader(Protocol):
@@ -99,6 +105,7 @@ class _Item:
     uncertain: bool = False
     recipients: tuple[str, ...] = ()
     broken: bool = False  # could not be read: reported as failed once released
+    claimed: bool = False  # its `sending` is in the journal
 
     @property
     def queue_id(self) -> str:
@@ -169,6 +176,7 @@ class Flush:
         read_envelope: EnvelopeReader,
         report: Callable[[Outcome], None],
         primary: str,
+        read_in_thread: bool = True,
     ) -> None:
         self._queue = queue
         self._journal = journal
@@ -181,6 +189,9 @@ class Flush:
         self._open: dict[str, _Item] = {}  # held by us, not yet settled
         self._accepted: list[_Item] = []
         self._refused: list[_Item] = []
+        # A queue file read is a few microseconds; postcat is two process starts.
+        self._read_in_thread = read_in_thread
+        self._senders: dict[str, str] = {}  # SRS address of each sender, made once a run
 
     # --- planning (no change to the queue) --------------------------------------------
 
@@ -252,21 +263,23 @@ class Flush:
         return held
 
     async def _send_all(self, items: list[_Item]) -> None:
-        todo: asyncio.Queue[_Item | None] = asyncio.Queue()
-        for item in items:
-            todo.put_nowait(item)
+        todo = collections.deque(items)
         workers = max(1, min(self._dispatcher.concurrency, len(items)))
-        for _ in range(workers):
-            todo.put_nowait(None)
-        settler = asyncio.create_task(self._settle_periodically())
+        stop = asyncio.Event()
+        settler = asyncio.create_task(self._settle_periodically(stop))
         try:
             await asyncio.gather(*(self._worker(todo) for _ in range(workers)))
         finally:
-            settler.cancel()
+            # Let the settler finish the batch it may be in the middle of (its postsuper
+            # runs in a thread; cancelling it would lose track of what that call did).
+            stop.set()
             await asyncio.gather(settler, return_exceptions=True)
 
-    async def _worker(self, todo: asyncio.Queue[_Item | None]) -> None:
-        while (item := await todo.get()) is not None:
+    async def _worker(self, todo: collections.deque[_Item]) -> None:
+        while todo:
+            item = todo.popleft()
+            if not item.claimed:
+                self._claim(item, todo)
             try:
                 await self._send_one(item)
             except (asyncio.CancelledError, KeyboardInterrupt):
@@ -277,10 +290,28 @@ class Flush:
                 item.broken = True
                 self._refused.append(item)
 
+    def _claim(self, item: _Item, todo: collections.deque[_Item]) -> None:
+        """Journal `sending` for this message and the next few, in one transaction.
+
+        One write for CLAIM_AHEAD messages instead of one each: after a crash a few
+        messages that had not left yet are reported as "may have been sent", which
+        changes nothing about what recovery does (it releases them).
+        """
+        batch = [item, *itertools.islice(todo, CLAIM_AHEAD - 1)]
+        for claimed in batch:
+            claimed.claimed = True
+        self._journal.record([i.key for i in batch], SENDING, smarthost=self._primary)
+
+    def _read_envelope(self, qid: str) -> Envelope | Awaitable[Envelope]:
+        if self._read_in_thread:
+            return asyncio.to_thread(self._read, qid)
+        return self._read(qid)
+
     async def _send_one(self, item: _Item) -> None:
         qid = item.queue_id
         try:
-            envelope = await asyncio.to_thread(self._read, qid)
+            read = self._read_envelope(qid)
+            envelope = await read if inspect.isawaitable(read) else read
         except FileNotFoundError:
             item.detail = "queue file vanished while on hold (deleted by someone else)"
             log.warning("%s: %s", qid, item.detail)
@@ -301,7 +332,7 @@ class Flush:
         item.recipients = tuple(r.address for r in envelope.recipients)
         try:
             # The queue file's sender is the truth (the listing shows <> as MAILER-DAEMON).
-            item.envelope_sender = self._srs.forward(envelope.sender)
+            item.envelope_sender = self._forward(envelope.sender)
         except RescueError as exc:
             item.detail = f"cannot rewrite sender {envelope.sender!r}: {exc}"
             item.broken = True
@@ -310,8 +341,9 @@ class Flush:
             return
 
         def sending(smarthost: str) -> None:
-            item.smarthost = smarthost
-            self._journal.record([item.key], SENDING, smarthost=smarthost)
+            if smarthost != item.smarthost:  # a failover: say where it goes now
+                item.smarthost = smarthost
+                self._journal.record([item.key], SENDING, smarthost=smarthost)
 
         try:
             accepted = await self._dispatcher.deliver(
@@ -337,31 +369,50 @@ class Flush:
         )
         self._accepted.append(item)
 
-    async def _settle_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(SETTLE_INTERVAL)
-            self._settle()
+    def _forward(self, sender: str) -> str:
+        forwarded = self._senders.get(sender)
+        if forwarded is None:
+            forwarded = self._senders[sender] = self._srs.forward(sender)
+        return forwarded
 
-    def _settle(self) -> None:
-        """Delete what smarthosts accepted, release what they did not (batched).
+    async def _settle_periodically(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SETTLE_INTERVAL)
+            await self._settle_async()
 
-        Runs in the event loop's thread (a postsuper call takes milliseconds), so
-        the lists and the journal are only ever touched from one thread.
-        """
+    async def _settle_async(self) -> None:
+        """As _settle, with Postfix's commands in a thread: the SMTP sessions go on."""
         accepted, self._accepted = self._accepted, []
         refused, self._refused = self._refused, []
-        self._delete(accepted)
-        self._release(refused)
+        if accepted:
+            await asyncio.to_thread(self._journal.sync)
+            deleted = await asyncio.to_thread(self._queue_op, "delete", accepted)
+            self._after_delete(accepted, deleted)
+        if refused:
+            released = await asyncio.to_thread(self._queue_op, "release", refused)
+            self._after_release(refused, released)
 
-    def _delete(self, items: list[_Item]) -> None:
-        if not items:
-            return
-        self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
+    def _settle(self) -> None:
+        """Delete what smarthosts accepted, release what they did not (batched)."""
+        accepted, self._accepted = self._accepted, []
+        refused, self._refused = self._refused, []
+        if accepted:
+            self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
+            self._after_delete(accepted, self._queue_op("delete", accepted))
+        if refused:
+            self._after_release(refused, self._queue_op("release", refused))
+
+    def _queue_op(self, operation: str, items: list[_Item]) -> set[str]:
+        """Run the queue's delete or release for these items; what it really did."""
+        act = self._queue.delete if operation == "delete" else self._queue.release
         try:
-            deleted = self._queue.delete(i.queue_id for i in items)
+            return act(i.queue_id for i in items)
         except RescueError as exc:
-            log.error("could not delete %d accepted messages from hold: %s", len(items), exc)
-            deleted = set()
+            log.error("could not %s %d messages: %s", operation, len(items), exc)
+            return set()
+
+    def _after_delete(self, items: list[_Item], deleted: set[str]) -> None:
         self._journal.record([i.key for i in items if i.queue_id in deleted], DELETED)
         for item in items:
             self._open.pop(item.queue_id, None)
@@ -370,14 +421,7 @@ class Flush:
                 log.error("%s: %s", item.queue_id, item.detail)
             self._report(item, REROUTED)
 
-    def _release(self, items: list[_Item]) -> None:
-        if not items:
-            return
-        try:
-            released = self._queue.release(i.queue_id for i in items)
-        except RescueError as exc:
-            log.error("could not release %d messages: %s", len(items), exc)
-            released = set()
+    def _after_release(self, items: list[_Item], released: set[str]) -> None:
         by_reason: dict[str, list[tuple[str, str]]] = {}
         for item in items:
             if item.queue_id in released:

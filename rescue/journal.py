@@ -70,6 +70,18 @@ CREATE TABLE IF NOT EXISTS events (
     at         REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_at ON events(at);
+-- Every state a message passes through is kept as an event (what `status` shows),
+-- written by SQLite itself in the same statement, so a step costs one write.
+CREATE TRIGGER IF NOT EXISTS messages_inserted AFTER INSERT ON messages BEGIN
+    INSERT INTO events(key, queue_id, run_id, state, smarthost, reply, detail, at)
+    VALUES (NEW.key, NEW.queue_id, NEW.run_id, NEW.state, NEW.smarthost, NEW.reply,
+            NEW.detail, NEW.updated);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_updated AFTER UPDATE ON messages BEGIN
+    INSERT INTO events(key, queue_id, run_id, state, smarthost, reply, detail, at)
+    VALUES (NEW.key, NEW.queue_id, NEW.run_id, NEW.state, NEW.smarthost, NEW.reply,
+            NEW.detail, NEW.updated);
+END;
 """
 
 
@@ -203,44 +215,20 @@ class Journal:
         rows = list(items)
         if not rows:
             return
+        values = [
+            (key, qid, self.run_id, state, provider, sender, rcpts, smarthost, reply, detail, now)
+            for key, qid in rows
+        ]
+        if len(values) == 1:
+            # One statement is its own transaction (autocommit): the cheap path the
+            # flush takes for every message it sends.
+            try:
+                self._db.execute(_UPSERT, values[0])
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+            return
         with self._transaction() as db:
-            db.executemany(
-                """INSERT INTO messages(key, queue_id, run_id, state, provider, sender,
-                                        recipients, smarthost, reply, detail, updated)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(key) DO UPDATE SET
-                     run_id = excluded.run_id, state = excluded.state,
-                     provider = COALESCE(excluded.provider, provider),
-                     sender = COALESCE(excluded.sender, sender),
-                     recipients = COALESCE(excluded.recipients, recipients),
-                     smarthost = COALESCE(excluded.smarthost, smarthost),
-                     reply = COALESCE(excluded.reply, reply),
-                     detail = excluded.detail, updated = excluded.updated""",
-                [
-                    (
-                        key,
-                        qid,
-                        self.run_id,
-                        state,
-                        provider,
-                        sender,
-                        rcpts,
-                        smarthost,
-                        reply,
-                        detail,
-                        now,
-                    )
-                    for key, qid in rows
-                ],
-            )
-            db.executemany(
-                """INSERT INTO events(key, queue_id, run_id, state, smarthost, reply, detail, at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    (key, qid, self.run_id, state, smarthost, reply, detail, now)
-                    for key, qid in rows
-                ],
-            )
+            db.executemany(_UPSERT, values)
 
     def start(self, rows: Iterable[tuple[tuple[str, str], str | None, str, list[str]]]) -> None:
         """Record messages about to be held: ((key, queue_id), provider, sender, recipients)."""
@@ -260,10 +248,6 @@ class Journal:
                      recipients = excluded.recipients, smarthost = NULL, reply = NULL,
                      detail = NULL, updated = excluded.updated""",
                 values,
-            )
-            db.executemany(
-                "INSERT INTO events(key, queue_id, run_id, state, at) VALUES (?, ?, ?, ?, ?)",
-                [(v[0], v[1], self.run_id, HOLDING, now) for v in values],
             )
 
     def get(self, key: str) -> Entry | None:
@@ -348,6 +332,18 @@ class Journal:
             summary=json.loads(row[5]) if row[5] else {},
         )
 
+
+_UPSERT = """INSERT INTO messages(key, queue_id, run_id, state, provider, sender, recipients,
+                                  smarthost, reply, detail, updated)
+              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+              ON CONFLICT(key) DO UPDATE SET
+                run_id = excluded.run_id, state = excluded.state,
+                provider = COALESCE(excluded.provider, provider),
+                sender = COALESCE(excluded.sender, sender),
+                recipients = COALESCE(excluded.recipients, recipients),
+                smarthost = COALESCE(excluded.smarthost, smarthost),
+                reply = COALESCE(excluded.reply, reply),
+                detail = excluded.detail, updated = excluded.updated"""
 
 _SELECT = """SELECT key, queue_id, run_id, state, provider, sender, recipients, smarthost,
                     reply, detail, updated FROM messages"""

@@ -514,6 +514,7 @@ class Service:
             read_envelope=parts.reader,
             report=report,
             primary=smarthosts[0].name,
+            read_in_thread=not parts.reader.direct,
         )
         cycle.summary = flush.summary
         try:

@@ -167,6 +167,8 @@ def execute(
     read_envelope: EnvelopeReader,
     journal: Journal,
     reporter: FlushReporter,
+    *,
+    read_in_thread: bool,
 ) -> Summary:
     flush = Flush(
         queue=queue,
@@ -176,6 +178,7 @@ def execute(
         read_envelope=read_envelope,
         report=reporter,
         primary=cfg.smarthosts[0].name,
+        read_in_thread=read_in_thread,
     )
     try:
         return run_async(flush.run(selection))
@@ -299,10 +302,12 @@ def flush(
             journal.begin_run("flush", os.getpid())
             queue: MailQueue
             read_envelope: EnvelopeReader
+            read_in_thread = False  # files of a copy or an export: read in place
             if copy is None:
                 postfix = Postfix(cfg.postfix)
                 report_recovery(recover(journal, postfix))
-                queue, read_envelope = postfix, HeldMessageReader(postfix)
+                reader = HeldMessageReader(postfix)
+                queue, read_envelope, read_in_thread = postfix, reader, not reader.direct
             else:
                 report_recovery(recover_copy(journal, copy))
                 queue, read_envelope = copy, copy.read_envelope
@@ -315,7 +320,15 @@ def flush(
             reporter = FlushReporter(
                 as_json=as_json, total=len(selection), interactive=interactive, dry_run=False
             )
-            summary = execute(cfg, selection, queue, read_envelope, journal, reporter)
+            summary = execute(
+                cfg,
+                selection,
+                queue,
+                read_envelope,
+                journal,
+                reporter,
+                read_in_thread=read_in_thread,
+            )
             journal.end_run({k: int(v) for k, v in summary.counts.items()})
         finally:
             journal.close()
