@@ -77,6 +77,14 @@ class Dispatcher:
         Transient failures are retried with exponential backoff and jitter, each
         round trying every smarthost that is not resting, in config order.
         """
+        # The first try runs outside tenacity's loop: nearly every message needs only
+        # one, and the loop's machinery costs as much CPU as the SMTP transaction.
+        try:
+            return await self._one_round(envelope, sender, on_attempt)
+        except DeliveryError as exc:
+            if not _retryable(exc) or self._retry.attempts < 2:
+                raise
+            first_failure: DeliveryError | None = exc
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts),
             wait=wait_exponential_jitter(
@@ -89,6 +97,10 @@ class Dispatcher:
         )
         async for attempt in retrying:
             with attempt:
+                if first_failure is not None:
+                    # Replays the try made above, so tenacity counts it and waits after it.
+                    failure, first_failure = first_failure, None
+                    raise failure
                 return await self._one_round(envelope, sender, on_attempt)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 

@@ -7,16 +7,18 @@ whether it may have taken the message anyway (`uncertain`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from dataclasses import dataclass
+from typing import cast
 
 import aiosmtplib
-from aiosmtplib import SMTPResponse
 
 from rescue.config import SmarthostConfig
 from rescue.errors import DeliveryError
 from rescue.model import Envelope
+from rescue.replies import Reply, ReplyError, ReplyReader
 
 # Stages of a session, named as Postfix names them in its own delay reasons.
 CONNECT = "connect"
@@ -30,6 +32,9 @@ DATA = "DATA"
 END_OF_DATA = "end of DATA"
 
 SESSION_STAGES = frozenset({CONNECT, GREETING, TLS, EHLO, AUTH})
+
+# Waiting longer for the answer to QUIT gains nothing.
+QUIT_TIMEOUT = 5.0
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
@@ -91,10 +96,6 @@ def smtp_path(address: str) -> str:
     return f"<{local}@{domain}>" if at else f"<{local}>"
 
 
-def reply_text(response: SMTPResponse) -> str:
-    return f"{response.code} {' '.join(response.message.split())}"
-
-
 @dataclass(frozen=True, slots=True)
 class Accepted:
     smarthost: str
@@ -107,6 +108,8 @@ class Session:
     def __init__(self, cfg: SmarthostConfig) -> None:
         self.cfg = cfg
         self.sent = 0
+        self._replies: ReplyReader | None = None
+        self._pipelining = False
         self._smtp = aiosmtplib.SMTP(
             hostname=cfg.host,
             port=cfg.port,
@@ -119,7 +122,17 @@ class Session:
 
     @property
     def usable(self) -> bool:
-        return self._smtp.is_connected and self.sent < self.cfg.max_messages_per_session
+        return (
+            self._replies is not None
+            and self._replies.open
+            and self.sent < self.cfg.max_messages_per_session
+        )
+
+    @property
+    def _reader(self) -> ReplyReader:
+        if self._replies is None:
+            raise RuntimeError("session not open")
+        return self._replies
 
     def _error(
         self,
@@ -165,6 +178,11 @@ class Session:
         except BaseException:
             self.close()
             raise
+        # Set up: from here on transactions go through our reader (see replies.py).
+        transport = cast(asyncio.Transport, self._smtp.transport)
+        self._replies = ReplyReader(transport)
+        transport.set_protocol(self._replies)
+        self._pipelining = self._smtp.supports_extension("pipelining")
 
     async def _ehlo(self) -> None:
         try:
@@ -209,13 +227,23 @@ class Session:
             raise self._error(AUTH, exc, session=True, transient=False) from exc
 
     def close(self) -> None:
-        self._smtp.close()
+        if self._replies is not None:
+            self._replies.close()
+        else:
+            self._smtp.close()
 
     async def quit(self) -> None:
+        """End the session politely; a smarthost that does not answer is just left."""
+        if self._replies is None or not self._replies.open:
+            self.close()
+            return
         try:
-            await self._smtp.quit()
-        except (aiosmtplib.SMTPException, OSError):
-            self._smtp.close()
+            self._replies.write(b"QUIT\r\n")
+            await self._replies.read(min(self.cfg.timeout, QUIT_TIMEOUT))
+        except ReplyError:
+            pass
+        finally:
+            self._replies.close()
 
     # --- one transaction ----------------------------------------------------------------
 
@@ -266,85 +294,123 @@ class Session:
                 options.append(f"ORCPT={addr_type};{xtext(addr)}")
         return options
 
-    async def send(self, envelope: Envelope, sender: str) -> str:
-        """Send one message to all its pending recipients, or to none; the reply."""
-        data = encode_data(envelope.content)
-        addresses = [sender, *(r.address for r in envelope.recipients)]
+    def _check_addresses(self, addresses: list[str]) -> bool:
+        """Whether SMTPUTF8 is needed; refuses what SMTP cannot carry at all."""
         for address in addresses:
             try:
                 address.encode("utf-8")
                 smtp_path(address)
             except (UnicodeEncodeError, ValueError):
-                # Bytes that are not UTF-8, or control characters: SMTP cannot carry them.
+                # Bytes that are not UTF-8, or control characters.
                 raise self._error(
                     MAIL,
                     Exception(f"address {address!r} cannot be sent over SMTP"),
                     transient=False,
                 ) from None
-        smtputf8 = not all(a.isascii() for a in addresses)
+        return not all(a.isascii() for a in addresses)
+
+    async def send(self, envelope: Envelope, sender: str) -> str:
+        """Send one message to all its pending recipients, or to none; the reply.
+
+        With PIPELINING, MAIL, every RCPT and DATA go out in one write. If the
+        smarthost refuses a recipient but still says 354 to DATA, the connection
+        is dropped before any text: a transaction without its final dot is never
+        delivered (RFC 5321 section 4.1.1.4), so nothing reaches the others.
+        """
+        data = encode_data(envelope.content)
+        smtputf8 = self._check_addresses([sender, *(r.address for r in envelope.recipients)])
         encoding = "utf-8" if smtputf8 else "ascii"
-        smtp = self._smtp
-        options = self._mail_options(envelope, data, smtputf8)
+        mail = _line(b"MAIL FROM:", sender, self._mail_options(envelope, data, smtputf8), encoding)
+        rcpts = [
+            _line(b"RCPT TO:", r.address, self._rcpt_options(r.orig_rcpt, r.notify), encoding)
+            for r in envelope.recipients
+        ]
+        commands = [(MAIL, mail), *((RCPT, r) for r in rcpts), (DATA, b"DATA\r\n")]
+        reader = self._reader
         stage = MAIL
         try:
-            await self._command(b"MAIL", b"FROM:", sender, options, encoding, (250,))
-            stage = RCPT
-            for rcpt in envelope.recipients:
-                options = self._rcpt_options(rcpt.orig_rcpt, rcpt.notify)
-                await self._command(b"RCPT", b"TO:", rcpt.address, options, encoding, (250, 251))
-            stage = DATA
-            start = await smtp.execute_command(b"DATA")
-            if start.code != 354:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            if self._pipelining:
+                reader.write(b"".join(command for _, command in commands))
+                replies = await self._replies_to(commands)
+            else:
+                replies = await self._one_by_one(commands)
+            refusal = _first_refusal(replies)
+            if refusal is not None:
+                stage, reply = refusal
+                if replies[-1][1].code == 354:  # DATA began: end it by hanging up
+                    reader.close()
+                else:
+                    await self._reset()
+                raise self._error(stage, Exception(reply.text), code=reply.code)
             stage = END_OF_DATA
-            reply = await self._write_data(data)
-        except aiosmtplib.SMTPResponseException as exc:
-            await self._reset()
-            raise self._error(stage, exc, code=exc.code) from exc
-        except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected, OSError) as exc:
-            self.close()
+            reader.write(data)
+            final = await reader.read(self.cfg.timeout)
+        except ReplyError as exc:
+            reader.close()
             uncertain = stage == END_OF_DATA
-            detail = str(exc) or type(exc).__name__
+            detail = str(exc)
             if uncertain:
                 detail += " -- message may be sent more than once"
             raise self._error(
                 stage, Exception(detail), session=True, transient=True, uncertain=uncertain
             ) from exc
+        if final.code != 250:
+            await self._reset()
+            raise self._error(END_OF_DATA, Exception(final.text), code=final.code)
         self.sent += 1
-        return reply
+        return str(final)
 
-    async def _command(
-        self,
-        verb: bytes,
-        prefix: bytes,
-        address: str,
-        options: list[str],
-        encoding: str,
-        good: tuple[int, ...],
-    ) -> None:
-        """MAIL or RCPT with our own quoting (aiosmtplib's would unquote local parts)."""
-        arguments = [prefix + smtp_path(address).encode(encoding)]
-        arguments.extend(option.encode("ascii") for option in options)
-        response = await self._smtp.execute_command(verb, *arguments)
-        if response.code not in good:
-            raise aiosmtplib.SMTPResponseException(response.code, response.message)
+    async def _replies_to(self, commands: list[tuple[str, bytes]]) -> list[tuple[str, Reply]]:
+        """The replies to pipelined commands; a hang-up after a refusal still reports it."""
+        replies: list[tuple[str, Reply]] = []
+        try:
+            for stage, _ in commands:
+                replies.append((stage, await self._reader.read(self.cfg.timeout)))
+        except ReplyError:
+            if _first_refusal(replies) is None:
+                raise
+            self._reader.close()  # e.g. 421 and the server closed: the refusal says why
+        return replies
 
-    async def _write_data(self, data: bytes) -> str:
-        protocol = self._smtp.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost")
-        protocol.write(data)
-        response = await protocol.read_response(timeout=self.cfg.timeout)
-        if response.code != 250:
-            raise aiosmtplib.SMTPDataError(response.code, response.message)
-        return reply_text(response)
+    async def _one_by_one(self, commands: list[tuple[str, bytes]]) -> list[tuple[str, Reply]]:
+        """Without PIPELINING: each command waits for its reply; stop at the first refusal."""
+        replies = []
+        for stage, command in commands:
+            self._reader.write(command)
+            reply = await self._reader.read(self.cfg.timeout)
+            replies.append((stage, reply))
+            if reply.code not in _GOOD[stage]:
+                break
+        return replies
 
     async def _reset(self) -> None:
         """RSET after a refused transaction so the session can carry the next one."""
+        if not self._reader.open:
+            return
         try:
-            await self._smtp.rset()
-        except (aiosmtplib.SMTPException, OSError):
-            self.close()
+            self._reader.write(b"RSET\r\n")
+            reply = await self._reader.read(self.cfg.timeout)
+        except ReplyError:
+            reply = None
+        if reply is None or reply.code != 250:
+            self._reader.close()
+
+
+def _line(verb: bytes, address: str, options: list[str], encoding: str) -> bytes:
+    """MAIL or RCPT with our own quoting (aiosmtplib's would unquote local parts)."""
+    words = [verb + smtp_path(address).encode(encoding), *(o.encode("ascii") for o in options)]
+    return b" ".join(words) + b"\r\n"
+
+
+_GOOD = {MAIL: (250,), RCPT: (250, 251), DATA: (354,)}
+
+
+def _first_refusal(replies: list[tuple[str, Reply]]) -> tuple[str, Reply] | None:
+    """The first (stage, reply) that says no, in the order the commands went."""
+    for stage, reply in replies:
+        if reply.code not in _GOOD[stage]:
+            return stage, reply
+    return None
 
 
 _ASCII = bytes(range(0x80))

@@ -165,7 +165,35 @@ def test_one_refused_recipient_sends_nothing_and_keeps_the_session(
     assert isinstance(second, Accepted)
     [got] = smarthost.received
     assert got.rcpt_tos == ("c@kunde1.test",)
-    assert smarthost.connections == 1  # RSET kept the session usable
+    # DATA had already been accepted in the pipelined group: the session was hung up
+    # before any text (so nothing reached a@), and a new one carried the next message.
+    assert smarthost.connections == 2
+
+
+def test_a_refused_only_recipient_keeps_the_session(smarthost: RecordingSmarthost) -> None:
+    smarthost.script(Fault(stage="RCPT", reply="550 5.1.1 unknown", recipient="b@kunde1.test"))
+
+    async def go() -> tuple[object, object]:
+        dispatcher = Dispatcher([host("relay1", smarthost.port)], FAST_RETRY)
+        try:
+            try:
+                first: object = await dispatcher.deliver(
+                    envelope("b@kunde1.test"), "s@srs.test", lambda _: None
+                )
+            except DeliveryError as exc:
+                first = exc
+            second = await dispatcher.deliver(
+                envelope("c@kunde1.test"), "s@srs.test", lambda _: None
+            )
+            return first, second
+        finally:
+            await dispatcher.close()
+
+    first, second = asyncio.run(go())
+    assert isinstance(first, DeliveryError) and first.code == 550 and first.stage == "RCPT TO"
+    assert isinstance(second, Accepted)
+    assert [r.rcpt_tos for r in smarthost.received] == [("c@kunde1.test",)]
+    assert smarthost.connections == 1  # DATA was refused too: RSET kept the session
 
 
 def test_connection_reset_before_data_is_retried(smarthost: RecordingSmarthost) -> None:

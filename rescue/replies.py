@@ -1,0 +1,120 @@
+"""SMTP replies off a connection, several at a time: what pipelining needs.
+
+aiosmtplib sets a session up (greeting, EHLO, STARTTLS, AUTH); then this protocol
+takes the transport over, so that MAIL, RCPT and DATA can be written together
+(RFC 2920) and their replies read in order. aiosmtplib reads one reply per
+command and drops anything that arrives before it asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+# RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets; be lenient.
+MAX_LINE = 8192
+
+
+class ReplyError(Exception):
+    """The connection broke, timed out, or the server sent something that is no reply."""
+
+
+class ConnectionClosed(ReplyError, ConnectionError):
+    pass
+
+
+class ReplyTimeout(ReplyError, TimeoutError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    text: str  # the lines' texts joined with spaces
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+def parse_replies(buffer: bytearray, lines: list[bytes]) -> list[Reply]:
+    """Take every complete reply out of `buffer`; `lines` holds an unfinished multi-line one."""
+    replies: list[Reply] = []
+    while True:
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_LINE:
+                raise ReplyError("reply line too long")
+            return replies
+        line = bytes(buffer[:end]).rstrip(b"\r")
+        del buffer[: end + 1]
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+            raise ReplyError(f"not an SMTP reply: {line[:80]!r}")
+        lines.append(line)
+        if line[3:4] != b"-":
+            text = " ".join(part[4:].decode("utf-8", "replace").strip() for part in lines)
+            replies.append(Reply(int(line[:3]), text.strip()))
+            lines.clear()
+
+
+class ReplyReader(asyncio.Protocol):
+    """The protocol of a taken-over SMTP connection: writes as given, replies in order."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []
+        self._replies: deque[Reply] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._broken: ReplyError | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._broken is None and not self.transport.is_closing()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            self._replies.extend(parse_replies(self._buffer, self._lines))
+        except ReplyError as exc:
+            self._broken = exc
+            self.transport.close()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._broken = self._broken or ConnectionClosed("the smarthost closed the connection")
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._broken is None:
+            reason = f": {exc}" if exc else ""
+            self._broken = ConnectionClosed(f"connection lost{reason}")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self._broken is not None:
+            raise self._broken
+        self.transport.write(data)
+
+    async def read(self, timeout: float) -> Reply:
+        """The next reply; raises ReplyError when none can come."""
+        while not self._replies:
+            if self._broken is not None:
+                raise self._broken
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                raise ReplyTimeout(f"no reply in {timeout:g}s") from None
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+    def close(self) -> None:
+        self.transport.close()
