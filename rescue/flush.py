@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from rescue.dispatch import Dispatcher
-from rescue.errors import DeliveryError, PostfixError, QueueFileError, RescueError
+from rescue.errors import DeliveryError, JournalError, PostfixError, QueueFileError, RescueError
 from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
 from rescue.queue import MailQueue
@@ -266,14 +266,15 @@ class Flush:
         todo = collections.deque(items)
         workers = max(1, min(self._dispatcher.concurrency, len(items)))
         stop = asyncio.Event()
-        settler = asyncio.create_task(self._settle_periodically(stop))
-        try:
-            await asyncio.gather(*(self._worker(todo) for _ in range(workers)))
-        finally:
-            # Let the settler finish the batch it may be in the middle of (its postsuper
-            # runs in a thread; cancelling it would lose track of what that call did).
-            stop.set()
-            await asyncio.gather(settler, return_exceptions=True)
+        with self._journal.writing_behind():
+            settler = asyncio.create_task(self._settle_periodically(stop))
+            try:
+                await asyncio.gather(*(self._worker(todo) for _ in range(workers)))
+            finally:
+                # Let the settler finish the batch it may be in the middle of (its postsuper
+                # runs in a thread; cancelling it would lose track of what that call did).
+                stop.set()
+                await asyncio.gather(settler, return_exceptions=True)
 
     async def _worker(self, todo: collections.deque[_Item]) -> None:
         while todo:
@@ -386,7 +387,7 @@ class Flush:
         accepted, self._accepted = self._accepted, []
         refused, self._refused = self._refused, []
         if accepted:
-            await asyncio.to_thread(self._journal.sync)
+            await asyncio.to_thread(self._sync_journal)
             deleted = await asyncio.to_thread(self._queue_op, "delete", accepted)
             self._after_delete(accepted, deleted)
         if refused:
@@ -398,10 +399,28 @@ class Flush:
         accepted, self._accepted = self._accepted, []
         refused, self._refused = self._refused, []
         if accepted:
-            self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
+            self._sync_journal()
             self._after_delete(accepted, self._queue_op("delete", accepted))
         if refused:
             self._after_release(refused, self._queue_op("release", refused))
+
+    def _sync_journal(self) -> None:
+        """ "accepted" is on disk before the message leaves Postfix.
+
+        If the journal itself fails, the accepted messages are still deleted: the
+        smarthost has them, and giving them back to Postfix would send them twice.
+        """
+        try:
+            self._journal.sync()
+        except JournalError as exc:
+            log.error("journal: %s; deleting the accepted messages all the same", exc)
+
+    def _note(self, keys: list[tuple[str, str]], state: str, detail: str | None = None) -> None:
+        """Journal the settled state; a journal failure here must not stop the settling."""
+        try:
+            self._journal.record(keys, state, detail=detail)
+        except JournalError as exc:
+            log.error("journal: %s; the next run's recovery puts it right", exc)
 
     def _queue_op(self, operation: str, items: list[_Item]) -> set[str]:
         """Run the queue's delete or release for these items; what it really did."""
@@ -413,7 +432,7 @@ class Flush:
             return set()
 
     def _after_delete(self, items: list[_Item], deleted: set[str]) -> None:
-        self._journal.record([i.key for i in items if i.queue_id in deleted], DELETED)
+        self._note([i.key for i in items if i.queue_id in deleted], DELETED)
         for item in items:
             self._open.pop(item.queue_id, None)
             if item.queue_id not in deleted:
@@ -427,7 +446,7 @@ class Flush:
             if item.queue_id in released:
                 by_reason.setdefault(item.detail or "released", []).append(item.key)
         for reason, keys in by_reason.items():  # `status` shows why each was released
-            self._journal.record(keys, RELEASED, detail=reason)
+            self._note(keys, RELEASED, reason)
         for item in items:
             self._open.pop(item.queue_id, None)
             if item.queue_id in released:

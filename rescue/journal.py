@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import JournalError
+from rescue.writer import BackgroundWriter
 
 HOLDING = "holding"
 HELD = "held"
@@ -144,9 +145,29 @@ class Journal:
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         self.run_id = 0
+        self._writer: BackgroundWriter | None = None
 
     def close(self) -> None:
+        self.stop_writing_behind()
         self._db.close()
+
+    @contextmanager
+    def writing_behind(self) -> Iterator[None]:
+        """While inside, record() hands rows to a writer thread (in order) and returns.
+
+        For the flush's busy part: the event loop goes on while SQLite writes.
+        sync() and leaving the block wait until everything is committed.
+        """
+        self._writer = BackgroundWriter(self.path, _UPSERT)
+        try:
+            yield
+        finally:
+            self.stop_writing_behind()
+
+    def stop_writing_behind(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def sync(self) -> None:
         """Put every committed step on disk (fsync the WAL), also across a power loss.
@@ -154,6 +175,8 @@ class Journal:
         Called before messages are deleted from Postfix: a deleted message's
         `accepted` must never be lost, or a restart would send it again.
         """
+        if self._writer is not None:
+            self._writer.drain()
         for suffix in ("-wal", ""):
             try:
                 fd = os.open(f"{self.path}{suffix}", os.O_RDONLY)
@@ -219,9 +242,11 @@ class Journal:
             (key, qid, self.run_id, state, provider, sender, rcpts, smarthost, reply, detail, now)
             for key, qid in rows
         ]
+        if self._writer is not None:
+            self._writer.put(values)
+            return
         if len(values) == 1:
-            # One statement is its own transaction (autocommit): the cheap path the
-            # flush takes for every message it sends.
+            # One statement is its own transaction (autocommit).
             try:
                 self._db.execute(_UPSERT, values[0])
             except sqlite3.Error as exc:

@@ -135,16 +135,16 @@ def notify_text(mask: int | None) -> str | None:
     return ",".join(name for bit, name in DSN_NOTIFY_NAMES if mask & bit) or None
 
 
-def read_queue_file(path_or_file: Path | BinaryIO, queue_id: str | None = None) -> QueueFile:
+def read_queue_file(path_or_file: str | Path | BinaryIO, queue_id: str | None = None) -> QueueFile:
     """Read a queue file; raise QueueFileError if it is truncated, corrupt or foreign.
 
     FileNotFoundError (Postfix delivered the message and removed the file) and
     other OSErrors pass through unchanged.
     """
     if isinstance(path_or_file, str | os.PathLike):
-        path = Path(path_or_file)
-        data = path.read_bytes()
-        name = path.name
+        with open(path_or_file, "rb") as file:
+            data = file.read()
+        name = os.path.basename(path_or_file)
     else:
         data = path_or_file.read()
         name = os.path.basename(str(getattr(path_or_file, "name", "") or ""))

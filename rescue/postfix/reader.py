@@ -17,13 +17,16 @@ from rescue.postfix.queuefile import read_queue_file
 log = logging.getLogger(__name__)
 
 
-def hold_paths(queue_dir: Path, queue_id: str) -> tuple[Path, ...]:
-    """Where a held message may lie: hold/ is flat unless hash_queue_names includes it."""
-    hold = queue_dir / "hold"
+def hold_paths(queue_dir: str, queue_id: str) -> tuple[str, ...]:
+    """Where a held message may lie: hold/ is flat unless hash_queue_names includes it.
+
+    Plain strings: a flush asks this once a message, and pathlib costs more than the read.
+    """
+    hold = f"{queue_dir}/hold"
     return (
-        hold / queue_id,
-        hold / queue_id[0] / queue_id,
-        hold / queue_id[0] / queue_id[1] / queue_id,
+        f"{hold}/{queue_id}",
+        f"{hold}/{queue_id[0]}/{queue_id}",
+        f"{hold}/{queue_id[0]}/{queue_id[1]}/{queue_id}",
     )
 
 
@@ -47,7 +50,7 @@ class HeldMessageReader:
 
     def __call__(self, queue_id: str) -> Envelope:
         if self._queue_dir is not None and valid_queue_id(queue_id):
-            for path in hold_paths(self._queue_dir, queue_id):
+            for path in hold_paths(str(self._queue_dir), queue_id):
                 try:
                     return read_queue_file(path, queue_id).envelope()
                 except FileNotFoundError:
