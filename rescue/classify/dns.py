@@ -6,13 +6,14 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from rescue.config import DnsConfig
 from rescue.errors import RescueError
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+    import dns.resolver
 
 # How long a failed or empty lookup is remembered, so a dead domain is not asked once a
 # message. Our answers come without the SOA that RFC 2308 takes a negative TTL from.
@@ -32,6 +33,12 @@ def normal_domain(domain: str) -> str:
 
 
 def _make_resolver(cfg: DnsConfig) -> dns.asyncresolver.Resolver:
+    # dnspython is imported when the first lookup is made, not at every start: it
+    # costs a tenth of a second, and most runs need no lookup (the delay reason
+    # names the provider's MX host).
+    import dns.asyncresolver  # noqa: PLC0415
+    import dns.resolver  # noqa: PLC0415
+
     if cfg.nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = list(cfg.nameservers)
@@ -60,7 +67,8 @@ class MxResolver:
     """Looks up MX records; the cache lives as long as the resolver (a run, or the service)."""
 
     def __init__(self, cfg: DnsConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._resolver = _make_resolver(cfg)
+        self._cfg = cfg
+        self._resolver: dns.asyncresolver.Resolver | None = None
         self._timeout = cfg.timeout
         self._limit = asyncio.Semaphore(cfg.concurrency)
         self._clock = clock
@@ -90,6 +98,11 @@ class MxResolver:
             del self._cache[domain]
 
     async def _query(self, domain: str) -> MxAnswer:
+        if self._resolver is None:
+            self._resolver = _make_resolver(self._cfg)
+        import dns.exception  # noqa: PLC0415  (loaded by _make_resolver; see there)
+        import dns.resolver  # noqa: PLC0415
+
         self.queries += 1
         now = self._clock()
         failed = now + NEGATIVE_TTL

@@ -5,15 +5,7 @@ from __future__ import annotations
 import click
 
 from rescue import __version__
-from rescue.cli.check_cmd import check
 from rescue.cli.common import RescueGroup, State, setup_logging
-from rescue.cli.export_cmd import export
-from rescue.cli.flush_cmd import flush
-from rescue.cli.providers_cmd import providers
-from rescue.cli.run_cmd import run
-from rescue.cli.scan_cmd import scan
-from rescue.cli.srs_cmd import srs
-from rescue.cli.status_cmd import status
 from rescue.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
 EXIT_CODES = """\b
@@ -27,8 +19,25 @@ Exit codes:
   130 interrupted (Ctrl-C, SIGTERM); held messages were released"""
 
 
+# Each command is imported only when it runs: a flush should not pay for loading the
+# service's metrics library, nor a scan for the SMTP client.
+COMMANDS = {
+    "scan": "rescue.cli.scan_cmd:scan",
+    "flush": "rescue.cli.flush_cmd:flush",
+    "export": "rescue.cli.export_cmd:export",
+    "check": "rescue.cli.check_cmd:check",
+    "providers": "rescue.cli.providers_cmd:providers",
+    "run": "rescue.cli.run_cmd:run",
+    "status": "rescue.cli.status_cmd:status",
+    "srs": "rescue.cli.srs_cmd:srs",
+}
+
+
 @click.group(
-    cls=RescueGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
+    cls=RescueGroup,
+    lazy_commands=COMMANDS,
+    epilog=EXIT_CODES,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.option(
     "--config",
@@ -60,16 +69,6 @@ def cli(ctx: click.Context, config: str | None, verbose: int, log_format: str) -
     """
     setup_logging(verbose, log_format)
     ctx.obj = State(config)
-
-
-cli.add_command(scan)
-cli.add_command(flush)
-cli.add_command(export)
-cli.add_command(srs)
-cli.add_command(check)
-cli.add_command(providers)
-cli.add_command(run)
-cli.add_command(status)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import re
@@ -101,7 +102,27 @@ def fail(code: ExitCode, message: str) -> NoReturn:
 
 
 class RescueGroup(click.Group):
-    """The one error boundary: known errors print one line; a bug says so."""
+    """The one error boundary: known errors print one line; a bug says so.
+
+    Commands named in `lazy_commands` ("name": "module:attribute") are imported
+    when they are run or listed, not at every start.
+    """
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._lazy = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self._lazy, *(n for n in super().list_commands(ctx) if n not in self._lazy)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self._lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -26,7 +26,7 @@ from rescue.cli.common import (
     parse_duration,
     run_async,
 )
-from rescue.cli.output import FlushReporter
+from rescue.cli.flush_report import FlushReporter
 from rescue.config import Config, JournalConfig
 from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode

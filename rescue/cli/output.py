@@ -1,19 +1,14 @@
-"""Terminal and JSON output: one JSON object a line for scripts, tables and a bar for people."""
+"""Terminal and JSON output helpers: JSON lines for scripts, tables for people."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from rescue.flush import Outcome, Summary
 
 
 def json_line(obj: dict[str, Any], stream: TextIO | None = None) -> None:
@@ -41,114 +36,6 @@ def show_sender(address: str) -> str:
 def console(stream: TextIO | None = None) -> Console:
     # Colour and boxes on a terminal; plain text when piped (rich decides from the stream).
     return Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
-
-
-def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    # Field by field: dataclasses.asdict deep-copies, a cost per message that adds up.
-    return {name: getattr(outcome, name) for name in OUTCOME_FIELDS}
-
-
-OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
-
-# Past this many messages the closing list shows only those not rerouted.
-LIST_LIMIT = 100
-
-
-class FlushReporter:
-    """Reports each message as it settles: JSON lines, or a progress bar with log lines."""
-
-    def __init__(self, *, as_json: bool, total: int, interactive: bool, dry_run: bool) -> None:
-        self.as_json = as_json
-        self.dry_run = dry_run
-        self.now = time.time()
-        self.outcomes: list[Outcome] = []
-        self._progress: Progress | None = None
-        self._task: Any = None
-        if interactive and not as_json and not dry_run and total:
-            self._progress = Progress(
-                TextColumn("rerouting"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._task = self._progress.add_task("flush", total=total)
-            self._progress.start()
-
-    def __call__(self, outcome: Outcome) -> None:
-        if self.as_json:
-            json_line(outcome_json(outcome))
-        else:
-            self.outcomes.append(outcome)
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def finish(self, summary: Summary) -> None:
-        self.close()
-        if self.as_json:
-            json_line({"summary": summary.as_dict()})
-            return
-        out = console()
-        if self.dry_run:
-            self._dry_run_table(out)
-        else:
-            self._result_lines(out)
-        counts = summary.as_dict()
-        words = [f"{counts['selected']} selected"]
-        for key in ("would_reroute", "rerouted", "released", "failed", "skipped"):
-            if counts[key]:
-                words.append(f"{counts[key]} {key.replace('_', '-')}")
-        if counts["uncertain"]:
-            words.append(f"{counts['uncertain']} may have been sent more than once")
-        if not self.dry_run and counts["rerouted"]:
-            words.append(f"{counts['messages_per_second']} msg/s")
-        out.print("Summary: " + ", ".join(words) + f" in {summary.elapsed:.1f}s")
-
-    def _dry_run_table(self, out: Console) -> None:
-        rows = [
-            (
-                o.queue_id,
-                age(self.now - o.arrival_time),
-                f"{show_sender(o.sender)} -> {show_sender(o.envelope_sender or '')}",
-                "\n".join(o.recipients),
-                o.provider or "-",
-                o.reason or "-",
-                o.smarthost or "-",
-            )
-            for o in self.outcomes
-        ]
-        headers = (
-            "queue id",
-            "age",
-            "sender -> envelope sender",
-            "recipients",
-            "provider",
-            "reason matched",
-            "smarthost",
-        )
-        if rows:
-            print_table(out, "Dry run: would reroute (nothing was changed)", headers, rows)
-        out.print("Dry run: nothing was changed.")
-
-    def _result_lines(self, out: Console) -> None:
-        """One line a message; past LIST_LIMIT only those that need attention."""
-        many = len(self.outcomes) > LIST_LIMIT
-        for o in self.outcomes:
-            if o.action == "rerouted" and not many:
-                out.print(f"{o.queue_id} rerouted via {o.smarthost}: {o.reply}", markup=False)
-            elif o.action != "rerouted":
-                out.print(f"{o.queue_id} {o.action}: {o.detail}", markup=False)
-        if many:
-            out.print(
-                f"({len(self.outcomes)} messages: rerouted ones are not listed; "
-                "--json or -v shows each)"
-            )
 
 
 _NUMERIC = frozenset({"messages", "recipients", "oldest", "count", "age"})
