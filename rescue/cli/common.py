@@ -213,15 +213,16 @@ def inventory_of(
 ) -> QueueView:
     """Take stock of live Postfix, or of `source` (a spool copy or an export folder)."""
     postfix = Postfix(cfg.postfix)
-    catalog = load_catalog(cfg.providers)
     queue: MailQueue = postfix if source is None else source
+    listing = queue.listing()  # first: Postfix's showq works while we load the rest
+    catalog = load_catalog(cfg.providers)
     # A copy or an export may come from another host: this host's relayhost says nothing
     # about where its mail was stuck (the configured own_relays still count).
     relays = own_relays(cfg, postfix) if source is None else cfg.postfix.own_relays
 
     async def collect() -> Inventory:
         resolver = MxResolver(cfg.dns) if (use_dns and cfg.dns.enabled) else None
-        return await take_inventory(queue.listing(), catalog, resolver, relays)
+        return await take_inventory(listing, catalog, resolver, relays)
 
     inventory = run_async(collect())
     for bad in inventory.bad:

@@ -57,12 +57,21 @@ class Postfix:
     # --- reading ------------------------------------------------------------------------
 
     def listing(self) -> Iterator[QueuedMessage | BadLine]:
-        """Stream `postqueue -j`; each message once (the listing may repeat one)."""
+        """Stream `postqueue -j`; each message once (the listing may repeat one).
+
+        The command starts at once, before the first item is asked for: showq works
+        while the caller prepares (loads the catalog, asks postconf), so call this
+        first and iterate the result to its end.
+        """
         args = [*self._command("postqueue"), "-j"]
         try:
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise PostfixError(f"{args[0]} not found (check [postfix] command_dir)") from None
+        return self._read_listing(proc)
+
+    @staticmethod
+    def _read_listing(proc: subprocess.Popen[bytes]) -> Iterator[QueuedMessage | BadLine]:
         assert proc.stdout is not None
         seen: set[str] = set()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -40,8 +41,9 @@ def parse_line(line: bytes | str) -> QueuedMessage:
     for item in recipients:
         if not isinstance(item, dict) or not isinstance(item.get("address"), str):
             raise ValueError(f"{queue_id}: bad recipient {item!r}")
-        reason = item.get("delay_reason", "")
-        parsed.append(Recipient(address=item["address"], delay_reason=str(reason or "")))
+        # Thousands of recipients share a handful of reasons: keep one copy of each.
+        reason = sys.intern(str(item.get("delay_reason") or ""))
+        parsed.append(Recipient(address=item["address"], delay_reason=reason))
     sender = obj.get("sender")
     if not isinstance(sender, str):
         raise ValueError(f"{queue_id}: sender missing")
