@@ -86,7 +86,7 @@ class SmarthostConfig:
     username: str | None = None
     password_file: Path | None = None
     password: Secret | None = None
-    max_connections: int = 4
+    max_connections: int = 8  # Postfix opens up to 20 to one destination
     timeout: float = 30.0
     ca_file: Path | None = None
     helo_name: str | None = None
@@ -367,7 +367,7 @@ def _read_smarthost(t: _Table) -> SmarthostConfig:
         username=username,
         password_file=password_file,
         password=password,
-        max_connections=t.get_int("max_connections", 4, minimum=1),
+        max_connections=t.get_int("max_connections", 8, minimum=1),
         timeout=t.get_duration("timeout", 30.0),
         ca_file=t.get_path("ca_file", None),
         helo_name=t.get_str("helo_name", None),

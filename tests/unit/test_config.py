@@ -42,7 +42,7 @@ def test_minimal_config_has_sensible_defaults(tmp_path: Path) -> None:
     cfg = parse_config(tmp_path / "config.toml", base_config(tmp_path))
     assert cfg.postfix.config_dir == Path("/etc/postfix")
     assert cfg.journal.lock_path.name == "journal.sqlite3.lock"
-    assert cfg.smarthosts[0].max_connections == 4
+    assert cfg.smarthosts[0].max_connections == 8
     assert cfg.retry.attempts == 5 and cfg.retry.max_wait == 300.0
     assert cfg.srs.secrets[0].value == "s3cret-value-for-tests"
 
