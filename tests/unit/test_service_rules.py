@@ -12,13 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from rescue.classify.catalog import Provider
-from rescue.config import ConfigError, SmarthostConfig, parse_config
-from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
-from rescue.metrics import Metrics
-from rescue.model import Classification, QueuedMessage, Recipient
-from rescue.sdnotify import Notifier
-from rescue.service import (
+from rescue.autorules import (
     BACKOFF,
     MAX_PER_CYCLE,
     MIN_AGE,
@@ -30,6 +24,12 @@ from rescue.service import (
     smarthost_quota,
     within_budget,
 )
+from rescue.classify.catalog import Provider
+from rescue.config import ConfigError, SmarthostConfig, parse_config
+from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
+from rescue.metrics import Metrics
+from rescue.model import Classification, QueuedMessage, Recipient
+from rescue.sdnotify import Notifier
 
 NOW = 1_700_000_000.0
 REASON = "421 invalid sender domain"
