@@ -23,6 +23,7 @@ from rescue.dispatch import Dispatcher
 from rescue.errors import DeliveryError, JournalError, PostfixError, QueueFileError, RescueError
 from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
+from rescue.prefetch import Prefetcher
 from rescue.queue import MailQueue
 from rescue.srs import SrsRewriter
 
@@ -40,6 +41,8 @@ ACTIONS = (REROUTED, WOULD_REROUTE, RELEASED_ACTION, FAILED, SKIPPED_ACTION)
 SETTLE_INTERVAL = 0.5
 # `sending` is journaled for this many messages at a time (see Flush._claim).
 CLAIM_AHEAD = 16
+# Below this many messages a helper process to read queue files costs more than it saves.
+PREFETCH_FROM = 200
 
 
 class EnvelopeReader(Protocol):
@@ -177,6 +180,7 @@ class Flush:
         report: Callable[[Outcome], None],
         primary: str,
         read_in_thread: bool = True,
+        prefetch_from: str | None = None,
     ) -> None:
         self._queue = queue
         self._journal = journal
@@ -191,6 +195,9 @@ class Flush:
         self._refused: list[_Item] = []
         # A queue file read is a few microseconds; postcat is two process starts.
         self._read_in_thread = read_in_thread
+        # The queue directory, when held messages' files may be read ahead by a helper.
+        self._prefetch_from = prefetch_from
+        self._prefetcher: Prefetcher | None = None
         self._senders: dict[str, str] = {}  # SRS address of each sender, made once a run
 
     # --- planning (no change to the queue) --------------------------------------------
@@ -266,6 +273,19 @@ class Flush:
         todo = collections.deque(items)
         workers = max(1, min(self._dispatcher.concurrency, len(items)))
         stop = asyncio.Event()
+        if self._prefetch_from is not None and len(items) > PREFETCH_FROM:
+            # Before the journal's writer thread starts: the helper is forked.
+            self._prefetcher = Prefetcher(self._prefetch_from, [i.queue_id for i in items])
+        try:
+            await self._send_with_settler(todo, workers, stop)
+        finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self._prefetcher = None
+
+    async def _send_with_settler(
+        self, todo: collections.deque[_Item], workers: int, stop: asyncio.Event
+    ) -> None:
         with self._journal.writing_behind():
             settler = asyncio.create_task(self._settle_periodically(stop))
             try:
@@ -311,8 +331,12 @@ class Flush:
     async def _send_one(self, item: _Item) -> None:
         qid = item.queue_id
         try:
-            read = self._read_envelope(qid)
-            envelope = await read if inspect.isawaitable(read) else read
+            envelope = None
+            if self._prefetcher is not None:
+                envelope = await self._prefetcher.get(qid)
+            if envelope is None:
+                read = self._read_envelope(qid)
+                envelope = await read if inspect.isawaitable(read) else read
         except FileNotFoundError:
             item.detail = "queue file vanished while on hold (deleted by someone else)"
             log.warning("%s: %s", qid, item.detail)

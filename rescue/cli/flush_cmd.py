@@ -169,6 +169,7 @@ def execute(
     reporter: FlushReporter,
     *,
     read_in_thread: bool,
+    prefetch_from: str | None = None,
 ) -> Summary:
     flush = Flush(
         queue=queue,
@@ -179,6 +180,7 @@ def execute(
         report=reporter,
         primary=cfg.smarthosts[0].name,
         read_in_thread=read_in_thread,
+        prefetch_from=prefetch_from,
     )
     try:
         return run_async(flush.run(selection))
@@ -303,11 +305,14 @@ def flush(
             queue: MailQueue
             read_envelope: EnvelopeReader
             read_in_thread = False  # files of a copy or an export: read in place
+            prefetch_from: str | None = None
             if copy is None:
                 postfix = Postfix(cfg.postfix)
                 report_recovery(recover(journal, postfix))
                 reader = HeldMessageReader(postfix)
                 queue, read_envelope, read_in_thread = postfix, reader, not reader.direct
+                if reader.queue_dir is not None:
+                    prefetch_from = str(reader.queue_dir)
             else:
                 report_recovery(recover_copy(journal, copy))
                 queue, read_envelope = copy, copy.read_envelope
@@ -328,6 +333,7 @@ def flush(
                 journal,
                 reporter,
                 read_in_thread=read_in_thread,
+                prefetch_from=prefetch_from,
             )
             journal.end_run({k: int(v) for k, v in summary.counts.items()})
         finally:

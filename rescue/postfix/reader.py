@@ -48,6 +48,11 @@ class HeldMessageReader:
     def direct(self) -> bool:
         return self._queue_dir is not None
 
+    @property
+    def queue_dir(self) -> Path | None:
+        """The queue directory when its files are read directly, else None."""
+        return self._queue_dir
+
     def __call__(self, queue_id: str) -> Envelope:
         if self._queue_dir is not None and valid_queue_id(queue_id):
             for path in hold_paths(str(self._queue_dir), queue_id):

@@ -168,3 +168,41 @@ def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: P
     }
     assert w.lab.queue() == []
     assert len(ids) == 3
+
+
+def test_broken_and_vanished_files_with_read_ahead(w: World, tmp_path: Path) -> None:
+    # Enough messages that the flush reads queue files ahead in a helper process.
+    ids = w.lab.submit_many(
+        (
+            Submission("alice@example.com", (f"c{i}@kunde{i % 30 + 1}.test",), body(i))
+            for i in range(250)
+        ),
+        sessions=2,
+    )
+    w.lab.wait_deferred(250, timeout=120)
+    bad, gone = ids[10], ids[200]
+    hold = w.lab.queue_dir / "hold"
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"; status=$?\n'
+            'case " $* " in *" -h "*)\n'
+            f"  truncate -s 40 {hold}/{bad}\n"
+            f'  echo {gone} | REAL/postsuper -c "$2" -d - hold;;\n'
+            "esac\n"
+            "exit $status\n"
+        ),
+    )
+
+    result = w.rescue("read-ahead", command_dir=commands).run(
+        "flush", "--provider", "ionos", "--json"
+    )
+
+    assert result.code == 1
+    assert result.outcomes[bad]["action"] == "failed"
+    assert "cannot read the message" in result.outcomes[bad]["detail"]
+    assert result.outcomes[gone]["action"] == "skipped"
+    assert result.summary["rerouted"] == 248
+    assert len(w.smarthost.received) == 248
+    assert w.lab.queue_ids("hold") == []

@@ -1,0 +1,96 @@
+"""Read held messages' queue files in a helper process, ahead of the SMTP sessions.
+
+A flush is bound by one Python thread's CPU; parsing queue files is a fifth of it.
+A forked helper reads them in batches, in the order the senders will want them,
+while the event loop talks SMTP. Whatever the helper cannot settle (a file not
+where it looked, not readable) is left to the ordinary reader in the flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import concurrent.futures.process
+import multiprocessing
+from collections.abc import Sequence
+
+from rescue.errors import QueueFileError
+from rescue.model import Envelope
+from rescue.postfix.queuefile import read_queue_file
+from rescue.postfix.reader import hold_paths
+
+BATCH = 64  # queue files a helper call reads
+AHEAD = 4  # batches asked for before the senders need them
+
+# What the helper found for one queue id.
+FOUND = "found"
+BROKEN = "broken"  # a QueueFileError: its text follows
+ASK_AGAIN = "ask-again"  # not where it looked, or not readable: the flush's reader decides
+
+Result = tuple[str, Envelope | str | None]
+
+
+def read_batch(queue_dir: str, queue_ids: Sequence[str]) -> dict[str, Result]:
+    """In the helper process: each held message's envelope, or what went wrong."""
+    out: dict[str, Result] = {}
+    for queue_id in queue_ids:
+        out[queue_id] = (ASK_AGAIN, None)
+        for path in hold_paths(queue_dir, queue_id):
+            try:
+                out[queue_id] = (FOUND, read_queue_file(path, queue_id).envelope())
+            except FileNotFoundError:
+                continue
+            except QueueFileError as exc:
+                out[queue_id] = (BROKEN, exc.problem)
+            except OSError:
+                pass
+            break
+    return out
+
+
+class Prefetcher:
+    """Hands out envelopes read ahead by one forked helper process.
+
+    Create it in the event loop, before any other thread starts (a fork copies
+    only the calling thread), and close() it when the flush ends.
+    """
+
+    def __init__(self, queue_dir: str, order: Sequence[str]) -> None:
+        self._queue_dir = queue_dir
+        self._batches = [list(order[i : i + BATCH]) for i in range(0, len(order), BATCH)]
+        self._batch_of = {qid: n for n, batch in enumerate(self._batches) for qid in batch}
+        self._futures: dict[int, asyncio.Future[dict[str, Result]]] = {}
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("fork")
+        )
+        self._ask_up_to(AHEAD)
+
+    def _ask_up_to(self, last: int) -> None:
+        for n in range(len(self._futures), min(last + 1, len(self._batches))):
+            submitted = self._pool.submit(read_batch, self._queue_dir, self._batches[n])
+            self._futures[n] = asyncio.wrap_future(submitted)
+
+    async def get(self, queue_id: str) -> Envelope | None:
+        """The envelope, or None when the flush's own reader must look.
+
+        Raises QueueFileError for a broken queue file, as the reader would.
+        """
+        n = self._batch_of.get(queue_id)
+        if n is None:
+            return None
+        self._ask_up_to(n + AHEAD)
+        try:
+            # Shielded: several senders wait on one batch; one being cancelled must
+            # not cancel it for the others.
+            results = await asyncio.shield(self._futures[n])
+        except (concurrent.futures.process.BrokenProcessPool, OSError):
+            return None  # the helper is gone: the flush reads the files itself
+        kind, value = results.get(queue_id, (ASK_AGAIN, None))
+        if kind == FOUND and isinstance(value, Envelope):
+            return value
+        if kind == BROKEN:
+            raise QueueFileError(queue_id, str(value))
+        return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

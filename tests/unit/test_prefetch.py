@@ -1,0 +1,54 @@
+"""The read-ahead helper process: same envelopes as the reader, and what it cannot read."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from rescue.errors import QueueFileError
+from rescue.postfix.queuefile import read_queue_file
+from rescue.prefetch import ASK_AGAIN, BROKEN, FOUND, Prefetcher, read_batch
+from tests.unit.test_queuefile import GOOD
+
+
+def held_queue(tmp_path: Path, names: list[str]) -> Path:
+    (tmp_path / "hold").mkdir()
+    for name in names:
+        (tmp_path / "hold" / name).write_bytes(GOOD)
+    return tmp_path
+
+
+def test_read_batch_reads_what_the_reader_reads(tmp_path: Path) -> None:
+    queue = held_queue(tmp_path, ["AAAAA10001", "AAAAA10002"])
+    (queue / "hold" / "BADBAD0001").write_bytes(GOOD[:40])
+    results = read_batch(str(queue), ["AAAAA10001", "BADBAD0001", "GONE000001"])
+    kind, envelope = results["AAAAA10001"]
+    assert kind == FOUND
+    assert envelope == read_queue_file(queue / "hold" / "AAAAA10001").envelope()
+    assert results["BADBAD0001"][0] == BROKEN
+    assert results["GONE000001"] == (ASK_AGAIN, None)
+
+
+def test_prefetcher_hands_out_envelopes_in_any_order(tmp_path: Path) -> None:
+    names = [f"AAAA{n:06d}" for n in range(150)]
+    queue = held_queue(tmp_path, names)
+    (queue / "hold" / names[70]).write_bytes(GOOD[:40])
+
+    async def go() -> tuple[list[object], object]:
+        prefetcher = Prefetcher(str(queue), names)
+        try:
+            got = [await prefetcher.get(name) for name in reversed(names) if name != names[70]]
+            with pytest.raises(QueueFileError) as broken:
+                await prefetcher.get(names[70])
+            unknown = await prefetcher.get("NOTINLIST1")
+            return got, (broken.value.queue_id, unknown)
+        finally:
+            prefetcher.close()
+
+    got, (broken_id, unknown) = asyncio.run(go())
+    assert len(got) == 149
+    assert all(e is not None and e.sender == "sender@src.test" for e in got)
+    assert broken_id == names[70]
+    assert unknown is None  # not one it was asked to read: the flush's reader looks
