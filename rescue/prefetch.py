@@ -60,15 +60,19 @@ class Prefetcher:
         self._batches = [list(order[i : i + BATCH]) for i in range(0, len(order), BATCH)]
         self._batch_of = {qid: n for n, batch in enumerate(self._batches) for qid in batch}
         self._futures: dict[int, asyncio.Future[dict[str, Result]]] = {}
+        self._asked = 0  # batches submitted so far
+        self._left = [len(batch) for batch in self._batches]  # envelopes not yet taken
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("fork")
         )
         self._ask_up_to(AHEAD)
 
     def _ask_up_to(self, last: int) -> None:
-        for n in range(len(self._futures), min(last + 1, len(self._batches))):
+        while self._asked < min(last + 1, len(self._batches)):
+            n = self._asked
             submitted = self._pool.submit(read_batch, self._queue_dir, self._batches[n])
             self._futures[n] = asyncio.wrap_future(submitted)
+            self._asked += 1
 
     async def get(self, queue_id: str) -> Envelope | None:
         """The envelope, or None when the flush's own reader must look.
@@ -85,7 +89,12 @@ class Prefetcher:
             results = await asyncio.shield(self._futures[n])
         except (concurrent.futures.process.BrokenProcessPool, OSError):
             return None  # the helper is gone: the flush reads the files itself
-        kind, value = results.get(queue_id, (ASK_AGAIN, None))
+        # Each envelope is handed out once; a batch is let go when all are taken,
+        # so memory holds a few batches, not the whole queue.
+        kind, value = results.pop(queue_id, (ASK_AGAIN, None))
+        self._left[n] -= 1
+        if self._left[n] <= 0:
+            self._futures.pop(n, None)
         if kind == FOUND and isinstance(value, Envelope):
             return value
         if kind == BROKEN:
