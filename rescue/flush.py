@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from rescue import holding
 from rescue.dispatch import Dispatcher
 from rescue.errors import DeliveryError, JournalError, PostfixError, QueueFileError, RescueError
-from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SENDING, SKIPPED, Journal
+from rescue.journal import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
 from rescue.prefetch import Prefetcher
 from rescue.queue import MailQueue
@@ -233,40 +234,18 @@ class Flush:
         return self.summary
 
     def _skip_already_sent(self, items: list[_Item]) -> list[_Item]:
-        states = self._journal.states(i.selected.message.key for i in items)
-        keep = []
-        for item in items:
-            if states.get(item.selected.message.key) in (ACCEPTED, DELETED):
-                item.detail = "already accepted by a smarthost in an earlier run; not sent again"
-                log.warning("%s: %s", item.queue_id, item.detail)
-                self._report(item, SKIPPED_ACTION)
-            else:
-                keep.append(item)
+        keep, done = holding.already_sent(self._journal, items)
+        for item in done:
+            item.detail = "already accepted by a smarthost in an earlier run; not sent again"
+            log.warning("%s: %s", item.queue_id, item.detail)
+            self._report(item, SKIPPED_ACTION)
         return keep
 
     def _hold(self, items: list[_Item]) -> list[_Item]:
-        if not items:
-            return []
-        self._journal.start(
-            (
-                item.key,
-                item.selected.provider,
-                item.selected.message.sender,
-                [r.address for r in item.selected.message.recipients],
-            )
-            for item in items
-        )
-        held_ids = self._queue.hold(i.queue_id for i in items)
-        held = [i for i in items if i.queue_id in held_ids]
+        held, gone = holding.hold(self._journal, self._queue, items)
         self._open.update((i.queue_id, i) for i in held)
-        self._journal.record([i.key for i in held], HELD)
-        gone = [i for i in items if i.queue_id not in held_ids]
-        self._journal.record([i.key for i in gone], SKIPPED, detail="not in the deferred queue")
         for item in gone:
-            item.detail = "no longer in the deferred queue (Postfix delivered or moved it)"
-            log.info("%s: %s", item.queue_id, item.detail)
             self._report(item, SKIPPED_ACTION)
-        log.info("held %d of %d selected messages", len(held), len(items))
         return held
 
     async def _send_all(self, items: list[_Item]) -> None:

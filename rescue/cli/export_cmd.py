@@ -22,6 +22,7 @@ from types import FrameType
 
 import click
 
+from rescue import holding
 from rescue.cli.common import fail, is_terminal, load_config
 from rescue.cli.flush_cmd import FOLDER, report_recovery, select, selectors_from
 from rescue.cli.output import age, console, json_line, print_table, show_sender
@@ -33,7 +34,6 @@ from rescue.flush import EnvelopeReader
 from rescue.journal import (
     ACCEPTED,
     DELETED,
-    HELD,
     RELEASED,
     SENDING,
     SKIPPED,
@@ -177,39 +177,18 @@ class Export:
         return self.summary
 
     def _skip_already_sent(self, items: list[_Item]) -> list[_Item]:
-        states = self._journal.states(i.selected.message.key for i in items)
-        keep = []
-        for item in items:
-            if states.get(item.selected.message.key) in (ACCEPTED, DELETED):
-                item.detail = "already rerouted or exported in an earlier run; not exported again"
-                log.warning("%s: %s", item.queue_id, item.detail)
-                self._report(item, SKIPPED_ACTION)
-            else:
-                keep.append(item)
+        keep, done = holding.already_sent(self._journal, items)
+        for item in done:
+            item.detail = "already rerouted or exported in an earlier run; not exported again"
+            log.warning("%s: %s", item.queue_id, item.detail)
+            self._report(item, SKIPPED_ACTION)
         return keep
 
     def _hold(self, items: list[_Item]) -> list[_Item]:
-        if not items:
-            return []
-        self._journal.start(
-            (
-                item.key,
-                item.selected.provider,
-                item.selected.message.sender,
-                [r.address for r in item.selected.message.recipients],
-            )
-            for item in items
-        )
-        held_ids = self._queue.hold(i.queue_id for i in items)
-        held = [i for i in items if i.queue_id in held_ids]
+        held, gone = holding.hold(self._journal, self._queue, items)
         self._open.update((i.queue_id, i) for i in held)
-        self._journal.record([i.key for i in held], HELD)
-        gone = [i for i in items if i.queue_id not in held_ids]
-        self._journal.record([i.key for i in gone], SKIPPED, detail="not in the deferred queue")
         for item in gone:
-            item.detail = "no longer in the deferred queue (Postfix delivered or moved it)"
             self._report(item, SKIPPED_ACTION)
-        log.info("held %d of %d selected messages", len(held), len(items))
         return held
 
     def _export_chunk(self, chunk: list[_Item]) -> None:

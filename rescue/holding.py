@@ -1,0 +1,70 @@
+"""The first steps every run that takes mail shares: skip what was sent, hold the rest.
+
+Used by the flush and by the export; both journal each message as `holding`
+before postsuper holds it, so that a crash right after the hold is repaired.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from rescue.journal import ACCEPTED, DELETED, HELD, SKIPPED, Journal
+from rescue.model import Selected
+from rescue.queue import MailQueue
+
+log = logging.getLogger(__name__)
+
+NOT_DEFERRED = "no longer in the deferred queue (Postfix delivered or moved it)"
+
+
+class Taken(Protocol):
+    selected: Selected
+    detail: str
+
+    @property
+    def queue_id(self) -> str: ...
+
+    @property
+    def key(self) -> tuple[str, str]: ...
+
+
+T = TypeVar("T", bound=Taken)
+
+
+def already_sent(journal: Journal, items: Sequence[T]) -> tuple[list[T], list[T]]:
+    """(to take, already accepted by a smarthost or exported in an earlier run)."""
+    states = journal.states(i.selected.message.key for i in items)
+    keep, done = [], []
+    for item in items:
+        if states.get(item.selected.message.key) in (ACCEPTED, DELETED):
+            done.append(item)
+        else:
+            keep.append(item)
+    return keep, done
+
+
+def hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> tuple[list[T], list[T]]:
+    """Journal, then hold: (held, no longer in the deferred queue)."""
+    if not items:
+        return [], []
+    journal.start(
+        (
+            item.key,
+            item.selected.provider,
+            item.selected.message.sender,
+            [r.address for r in item.selected.message.recipients],
+        )
+        for item in items
+    )
+    held_ids = queue.hold(i.queue_id for i in items)
+    held = [i for i in items if i.queue_id in held_ids]
+    gone = [i for i in items if i.queue_id not in held_ids]
+    journal.record([i.key for i in held], HELD)
+    journal.record([i.key for i in gone], SKIPPED, detail="not in the deferred queue")
+    for item in gone:
+        item.detail = NOT_DEFERRED
+        log.info("%s: %s", item.queue_id, item.detail)
+    log.info("held %d of %d selected messages", len(held), len(items))
+    return held, gone
