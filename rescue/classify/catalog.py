@@ -8,7 +8,6 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +167,9 @@ def parse_catalog(data: dict[str, Any], path: Path) -> tuple[Provider, ...]:
 
 
 def read_builtin() -> tuple[Provider, ...]:
-    resource = resources.files("rescue.classify").joinpath(BUILTIN_CATALOG)
-    data = tomllib.loads(resource.read_text(encoding="utf-8"))
-    return parse_catalog(data, Path(str(resource)))
+    # The data file is installed beside this module (package data in pyproject.toml).
+    path = Path(__file__).with_name(BUILTIN_CATALOG)
+    return parse_catalog(tomllib.loads(path.read_text(encoding="utf-8")), path)
 
 
 def merge(builtin: Iterable[Provider], overrides: Sequence[ProviderConfig]) -> Catalog:

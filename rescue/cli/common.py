@@ -31,7 +31,6 @@ from rescue.exitcodes import ExitCode
 from rescue.inventory import Inventory, take_inventory
 from rescue.postfix.commands import Postfix
 from rescue.queue import MailQueue
-from rescue.spool import BadFile
 
 log = logging.getLogger("rescue")
 T = TypeVar("T")
@@ -225,6 +224,15 @@ def inventory_of(
         return await take_inventory(listing, catalog, resolver, relays)
 
     inventory = run_async(collect())
+    if inventory.bad:
+        report_bad(inventory)
+    return QueueView(inventory, catalog, postfix, queue)
+
+
+def report_bad(inventory: Inventory) -> None:
+    """One warning for each unreadable listing line or queue file."""
+    from rescue.spool import BadFile  # noqa: PLC0415  (spool copies only; kept off start-up)
+
     for bad in inventory.bad:
         if isinstance(bad, BadFile):
             where = f"{bad.queue_id}: " if bad.queue_id else ""
@@ -236,7 +244,6 @@ def inventory_of(
             bad.number,
             bad.problem,
         )
-    return QueueView(inventory, catalog, postfix, queue)
 
 
 def is_terminal(stream: Any) -> bool:
