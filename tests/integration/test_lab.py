@@ -167,10 +167,11 @@ def test_a_private_instance_starts_and_stops_without_leftovers(lab_root: Path) -
         master = lab.master_pid()
         assert master is not None
         assert lab.queue() == []
+        # postlogd writes the log on its own time: wait for the line, do not race it.
+        lab.wait_for(lambda: "daemon started" in lab.log(), 30, "the master's start in the log")
     assert lab.master_pid() is None
     assert lab._processes() == []
     lab.stop()  # twice is fine
-    assert "daemon started" in lab.log()
 
 
 # -- Recording smarthost ---------------------------------------------------------------
