@@ -246,7 +246,7 @@ def test_smarthost_hang_after_data_keeps_the_message(smarthost: RecordingSmartho
     smarthost.script(Fault("EOD", action="hang", seconds=None))
 
     with pytest.raises(aiosmtplib.SMTPTimeoutError):
-        send(smarthost, MESSAGE, timeout=0.5)
+        send(smarthost, MESSAGE, timeout=2.0)
 
     assert len(smarthost.received) == 1  # the server has it; only the answer never came
 

@@ -217,8 +217,9 @@ def test_connection_reset_during_data_is_given_back(smarthost: RecordingSmarthos
 
 
 def test_timeout_after_end_of_data_may_be_sent_twice(smarthost: RecordingSmarthost) -> None:
-    smarthost.script(Fault(stage="EOD", action="hang", seconds=5, times=1))
-    result, attempts = deliver([host("relay1", smarthost.port, timeout=0.5)], envelope())
+    # The client's timeout is short, but long enough that only the hang can hit it.
+    smarthost.script(Fault(stage="EOD", action="hang", seconds=15, times=1))
+    result, attempts = deliver([host("relay1", smarthost.port, timeout=2.0)], envelope())
     assert isinstance(result, DeliveryError)
     assert result.uncertain and "may be sent more than once" in str(result)
     assert attempts == ["relay1"]  # never retried: it could deliver the message twice
