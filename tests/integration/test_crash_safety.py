@@ -211,7 +211,7 @@ def test_timeout_after_end_of_data_is_counted_and_given_back(w: World) -> None:
                 "host": "127.0.0.1",
                 "port": w.smarthost.port,
                 "tls": "none",
-                "timeout": "1s",
+                "timeout": "3s",
             },
         ],
     )
