@@ -49,6 +49,7 @@ def parse_line(line: bytes | str) -> QueuedMessage:
         raise ValueError(f"{queue_id}: sender missing")
     if sender == SHOWQ_NULL_SENDER:
         sender = ""
+    sender = sys.intern(sender)  # a backlog has many messages from few senders
     arrival = obj.get("arrival_time")
     size = obj.get("message_size")
     if not isinstance(arrival, int) or not isinstance(size, int):
