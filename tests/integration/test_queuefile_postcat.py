@@ -28,6 +28,7 @@ import pytest
 
 from rescue.postfix.deferlog import delay_reasons, read_defer_log
 from rescue.postfix.queuefile import QueueFile, format_envelope, read_queue_file
+from tests.lab import recv_exactly
 from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider, RecordingSmarthost
 
@@ -45,16 +46,6 @@ HEADER = b"From: Sender <sender@src.test>\nTo: someone@provider.test\nSubject: t
 
 
 # -- a milter that edits messages on request -------------------------------------------
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def _packet(command: bytes, data: bytes = b"") -> bytes:
@@ -101,8 +92,8 @@ class _MilterSession(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         edits: list[bytes] = []
-        while (size := _recv_exact(sock, 4)) is not None:
-            packet = _recv_exact(sock, struct.unpack(">I", size)[0])
+        while (size := recv_exactly(sock, 4)) is not None:
+            packet = recv_exactly(sock, struct.unpack(">I", size)[0])
             if not packet:
                 return
             command, data = packet[:1], packet[1:]

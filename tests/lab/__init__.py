@@ -6,6 +6,7 @@ polling helper every part of the lab uses; the parts live in their own modules.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -37,3 +38,14 @@ def wait_for(
             raise LabTimeout(f"timed out after {timeout:g}s waiting for {what}{seen}")
         time.sleep(pause)
         pause = min(pause * 2, _LONGEST_POLL)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    """Exactly `size` bytes from a stream socket, or None when the peer closed first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data

@@ -22,6 +22,8 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
+from tests.lab import recv_exactly
+
 Failure = Literal["servfail", "nxdomain", "timeout"]
 FAILURES: tuple[Failure, ...] = ("servfail", "nxdomain", "timeout")
 # RFC 1035 section 4.2.1: a UDP answer without EDNS fits in 512 octets, or is truncated.
@@ -226,10 +228,10 @@ class _TcpHandler(socketserver.BaseRequestHandler):
         sock.settimeout(SILENT_HOLD)
         try:
             while True:
-                length = _read_exactly(sock, 2)
+                length = recv_exactly(sock, 2)
                 if length is None:
                     return
-                data = _read_exactly(sock, struct.unpack("!H", length)[0])
+                data = recv_exactly(sock, struct.unpack("!H", length)[0])
                 if data is None:
                     return
                 reply = self.server.dns.answer(data)
@@ -240,16 +242,6 @@ class _TcpHandler(socketserver.BaseRequestHandler):
                 sock.sendall(struct.pack("!H", len(reply)) + reply)
         except OSError:
             return
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    chunks = b""
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            return None
-        chunks += chunk
-    return chunks
 
 
 class _UdpServer(socketserver.ThreadingUDPServer):
