@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from rescue.classify.catalog import Catalog, KnownReason
 from rescue.classify.classifier import mixed_providers
@@ -39,9 +40,12 @@ class By(StrEnum):
     SENDER_DOMAIN = "sender-domain"
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One pending recipient with its message and classification."""
+class Item(NamedTuple):
+    """One pending recipient with its message and classification.
+
+    A named tuple: a scan makes one per deferred recipient, and a tuple is made
+    several times faster than a frozen dataclass.
+    """
 
     message: QueuedMessage
     recipient: Recipient
@@ -162,10 +166,14 @@ def shape(entries: Iterable[Item], by: By, now: float) -> Shape:
     keys = _Keys(by)
     total = _Tally()
     groups: dict[str, _Tally] = {}
+    # Classifications are shared (one per distinct domain and reason): name each once.
+    providers: dict[int, str] = {}
     for item in entries:
         age = now - item.message.arrival_time
         bucket = bucket_index(age)
-        provider = provider_key(item.classification)
+        provider = providers.get(id(item.classification))
+        if provider is None:
+            provider = providers[id(item.classification)] = provider_key(item.classification)
         key = keys.of(item, provider)
         tally = groups.get(key)
         if tally is None:

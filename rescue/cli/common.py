@@ -1,8 +1,10 @@
-"""What every command shares: the config, logging, the error boundary, the queue inventory."""
+"""What every command shares: the config, logging, the error boundary.
+
+Kept light: every start imports it. The queue inventory is in queueview.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import logging
@@ -15,8 +17,6 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from rescue.classify.catalog import Catalog, load_catalog
-from rescue.classify.dns import MxResolver
 from rescue.config import Config, SrsConfig, config_path
 from rescue.config import load_config as _load_config
 from rescue.config import load_srs_config as _load_srs_config
@@ -28,9 +28,6 @@ from rescue.errors import (
     RescueError,
 )
 from rescue.exitcodes import ExitCode
-from rescue.inventory import Inventory, take_inventory
-from rescue.postfix.commands import Postfix
-from rescue.queue import MailQueue
 
 log = logging.getLogger("rescue")
 T = TypeVar("T")
@@ -151,6 +148,7 @@ class RescueGroup(click.Group):
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run where SIGTERM, like Ctrl-C, cancels the work so `finally` blocks run."""
+    import asyncio  # noqa: PLC0415  (50 ms; a scan imports it while showq works)
 
     async def guarded() -> T:
         task = asyncio.current_task()
@@ -181,69 +179,6 @@ def parse_duration(text: str) -> float:
 
 def duration_option(value: str | None) -> float | None:
     return None if value is None else parse_duration(value)
-
-
-def own_relays(cfg: Config, postfix: Postfix) -> tuple[str, ...]:
-    """Relays of our own: the configured ones plus Postfix's relayhost."""
-    relays = list(cfg.postfix.own_relays)
-    try:
-        relayhost = postfix.postconf("relayhost")
-    except PostfixError:
-        relayhost = ""
-    for word in relayhost.replace(",", " ").split():
-        host = word.strip("[]").split("]")[0].split(":")[0].lower()
-        if host:
-            relays.append(host)
-    return tuple(relays)
-
-
-@dataclass(frozen=True)
-class QueueView:
-    """The queue as a command sees it: the inventory and how it was made."""
-
-    inventory: Inventory
-    catalog: Catalog
-    postfix: Postfix
-    queue: MailQueue  # where the inventory came from: `postfix`, or a copy or an export
-
-
-def inventory_of(
-    cfg: Config, *, use_dns: bool = True, source: MailQueue | None = None
-) -> QueueView:
-    """Take stock of live Postfix, or of `source` (a spool copy or an export folder)."""
-    postfix = Postfix(cfg.postfix)
-    queue: MailQueue = postfix if source is None else source
-    listing = queue.listing()  # first: Postfix's showq works while we load the rest
-    catalog = load_catalog(cfg.providers)
-    # A copy or an export may come from another host: this host's relayhost says nothing
-    # about where its mail was stuck (the configured own_relays still count).
-    relays = own_relays(cfg, postfix) if source is None else cfg.postfix.own_relays
-
-    async def collect() -> Inventory:
-        resolver = MxResolver(cfg.dns) if (use_dns and cfg.dns.enabled) else None
-        return await take_inventory(listing, catalog, resolver, relays)
-
-    inventory = run_async(collect())
-    if inventory.bad:
-        report_bad(inventory)
-    return QueueView(inventory, catalog, postfix, queue)
-
-
-def report_bad(inventory: Inventory) -> None:
-    """One warning for each unreadable listing line or queue file."""
-    from rescue.spool import BadFile  # noqa: PLC0415  (spool copies only; kept off start-up)
-
-    for bad in inventory.bad:
-        if isinstance(bad, BadFile):
-            where = f"{bad.queue_id}: " if bad.queue_id else ""
-            log.warning("%sskipped %s: %s", where, bad.path, bad.problem)
-            continue
-        log.warning(
-            "%s: unreadable line %d of the queue listing: %s",
-            bad.queue_id or "?",
-            bad.number,
-            bad.problem,
-        )
 
 
 def is_terminal(stream: Any) -> bool:

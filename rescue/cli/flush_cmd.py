@@ -20,13 +20,13 @@ import click
 
 from rescue.cli.common import (
     fail,
-    inventory_of,
     is_terminal,
     load_config,
     parse_duration,
     run_async,
 )
 from rescue.cli.flush_report import FlushReporter
+from rescue.cli.queueview import inventory_of
 from rescue.config import Config, JournalConfig
 from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode

@@ -8,7 +8,8 @@ import signal
 
 import click
 
-from rescue.cli.common import load_config, own_relays
+from rescue.cli.common import load_config
+from rescue.cli.queueview import own_relays
 from rescue.lock import InstanceLock
 from rescue.metrics import Metrics
 from rescue.sdnotify import Notifier

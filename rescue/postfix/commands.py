@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rescue.config import PostfixConfig
 from rescue.errors import PostfixError, QueueFileError
@@ -25,6 +29,37 @@ _QUEUE_ID = re.compile(r"^[0-9A-Za-z]{5,32}$")
 COMMAND_TIMEOUT = 300.0
 
 log = logging.getLogger(__name__)
+
+
+# How often a listing reader looks for more of postqueue's output when it has caught up.
+FOLLOW_INTERVAL = 0.002
+READ_SIZE = 1 << 16
+
+
+def follow(proc: subprocess.Popen[bytes], spill: IO[bytes]) -> Iterator[bytes]:
+    """The lines a running command writes to the file `spill`, as it writes them.
+
+    A pipe would make postqueue (and showq behind it) wait whenever the reader
+    is busy (a 64 KiB pipe holds about 180 lines); a file never does, and keeps
+    the listing on disk rather than in memory. Reads use their own offset
+    (pread), so the command's writes are not disturbed.
+    """
+    fd = spill.fileno()
+    offset = 0
+    partial = b""
+    while True:
+        chunk = os.pread(fd, READ_SIZE, offset)
+        if chunk:
+            offset += len(chunk)
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            yield from lines
+        elif proc.poll() is None:
+            time.sleep(FOLLOW_INTERVAL)
+        elif not os.pread(fd, 1, offset):  # exited: everything it wrote is in the file
+            break
+    if partial:
+        yield partial
 
 
 def valid_queue_id(queue_id: str) -> bool:
@@ -64,25 +99,30 @@ class Postfix:
         first and iterate the result to its end.
         """
         args = [*self._command("postqueue"), "-j"]
+        spill = tempfile.TemporaryFile(prefix="queue-rescue-listing-")  # noqa: SIM115 (closed by the reader)
         try:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(args, stdout=spill, stderr=subprocess.PIPE)
         except FileNotFoundError:
+            spill.close()
             raise PostfixError(f"{args[0]} not found (check [postfix] command_dir)") from None
-        return self._read_listing(proc)
+        return self._read_listing(proc, spill)
 
     @staticmethod
-    def _read_listing(proc: subprocess.Popen[bytes]) -> Iterator[QueuedMessage | BadLine]:
-        assert proc.stdout is not None
+    def _read_listing(
+        proc: subprocess.Popen[bytes], spill: IO[bytes]
+    ) -> Iterator[QueuedMessage | BadLine]:
         seen: set[str] = set()
         try:
-            for item in parse_listing(proc.stdout):
+            for item in parse_listing(follow(proc, spill)):
                 if isinstance(item, QueuedMessage):
                     if item.queue_id in seen:
                         continue
                     seen.add(item.queue_id)
                 yield item
         finally:
-            proc.stdout.close()
+            spill.close()
+            if proc.poll() is None:  # the reader stopped early
+                proc.kill()
             stderr = proc.stderr.read() if proc.stderr else b""
             code = proc.wait()
         if code != 0:

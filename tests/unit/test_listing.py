@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 
 from rescue.model import QueuedMessage
+from rescue.postfix.commands import follow
 from rescue.postfix.listing import BadLine, parse_listing
 
 
@@ -63,3 +66,32 @@ def test_non_utf8_address_survives() -> None:
 def test_bad_queue_id_is_refused() -> None:
     [item] = list(parse_listing([line(queue_id="../../etc")]))
     assert isinstance(item, BadLine)
+
+
+def follow_command(script: str) -> list[bytes]:
+    with tempfile.TemporaryFile() as spill:
+        proc = subprocess.Popen(["sh", "-c", script], stdout=spill)
+        try:
+            return list(follow(proc, spill))
+        finally:
+            proc.wait()
+
+
+def test_follow_reads_a_listing_while_it_is_written() -> None:
+    # Lines arrive in pieces and with pauses; the last one has no newline.
+    script = "printf 'one\\ntw'; sleep 0.2; printf 'o\\n'; sleep 0.1; printf 'three'"
+    assert follow_command(script) == [b"one", b"two", b"three"]
+
+
+def test_follow_of_a_command_that_writes_nothing() -> None:
+    assert follow_command("exit 3") == []
+
+
+def test_follow_keeps_up_with_a_long_listing() -> None:
+    # More than a pipe would hold (64 KiB): the writer never waits for the reader.
+    script = 'i=0; while [ $i -lt 3000 ]; do echo "line $i $0"; i=$((i+1)); done'
+    script = f"sh -c '{script}' {'x' * 28}"
+    lines = follow_command(script)
+    assert len(lines) == 3000
+    assert lines[0] == b"line 0 xxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    assert lines[-1] == b"line 2999 xxxxxxxxxxxxxxxxxxxxxxxxxxxx"

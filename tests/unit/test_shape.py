@@ -9,6 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rescue.classify.catalog import Catalog, KnownReason, Provider
+from rescue.cli.scan_cmd import BY_CHOICES
 from rescue.model import Classification, QueuedMessage, Recipient
 from rescue.shape import (
     BUCKET_LABELS,
@@ -253,3 +254,9 @@ def test_unclassified_lists_each_domain_and_why() -> None:
     ]
     assert "DNS timeout" in found[1].why
     assert "no MX lookup" in found[2].why
+
+
+def test_scan_offers_every_grouping_of_the_shape() -> None:
+    # scan_cmd spells the choices out so that starting a scan does not import the shape.
+    assert set(BY_CHOICES) == {b.value for b in By}
+    assert BY_CHOICES[0] == By.PROVIDER.value

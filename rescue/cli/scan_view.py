@@ -1,0 +1,259 @@
+"""What `scan` prints: the qshape-style table, the reason table, JSON lines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from rich.console import Console, JustifyMethod
+from rich.table import Table
+from rich.text import Text
+
+from rescue.classify.catalog import Catalog, KnownReason
+from rescue.cli.output import age, console, json_line, print_table
+from rescue.cli.queueview import QueueView
+from rescue.model import Classification, QueuedMessage
+from rescue.shape import (
+    BUCKET_LABELS,
+    UNKNOWN,
+    By,
+    Item,
+    ReasonSummary,
+    Row,
+    Shape,
+    Unclassified,
+    items,
+    reasons,
+    shape,
+    unclassified,
+)
+
+Cell = str | Text
+# How many providers a row of another grouping names before "+N".
+SHOWN_PROVIDERS = 3
+REASON_COLUMNS = ("recipients", "messages", "provider", "reroute_helps", "reason", "meaning", "fix")
+
+
+def show(view: QueueView, *, by: str, show_reasons: bool, as_json: bool, no_dns: bool) -> None:
+    """Print the inventory as the options ask."""
+    inventory = view.inventory
+    now = time.time()
+    if as_json and not show_reasons:
+        for message in inventory.messages:
+            json_line(message_json(message, inventory.classes[message.queue_id]))
+        return
+    deferred = list(items(inventory.messages, inventory.classes))
+    if show_reasons:
+        summaries = reasons(deferred, view.catalog, now)
+        if as_json:
+            for summary in summaries:
+                json_line(reason_json(summary, view.catalog))
+        else:
+            show_reason_table(console(), summaries)
+        return
+    out = console()
+    show_shape(out, shape(deferred, By(by), now), view.catalog)
+    show_unclassified(out, unclassified(deferred))
+    if out.is_terminal:
+        out.print(footer(view, deferred, now, no_dns=no_dns), highlight=False)
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def message_json(message: QueuedMessage, classes: Sequence[Classification]) -> dict[str, Any]:
+    return {
+        "queue_id": message.queue_id,
+        "queue_name": message.queue_name,
+        "arrival_time": message.arrival_time,
+        "size": message.size,
+        "sender": message.sender,
+        "recipients": [
+            {
+                "address": r.address,
+                "provider": c.provider,
+                "mx": c.mx,
+                "reason": r.delay_reason,
+                "classified_by": c.classified_by,
+                "reason_matched": c.reason_matched,
+                "note": c.note or None,
+            }
+            for r, c in zip(message.recipients, classes, strict=True)
+        ],
+    }
+
+
+def reason_json(summary: ReasonSummary, catalog: Catalog) -> dict[str, Any]:
+    known = summary.known
+    provider = catalog.by_name.get(summary.provider) if summary.provider else None
+    return {
+        "reason": summary.reason,
+        "provider": summary.provider,
+        "label": provider.label if provider else None,
+        "mixed": list(summary.mixed),
+        "recipients": summary.recipients,
+        "messages": summary.messages,
+        "oldest": round(summary.oldest),
+        "domains": dict(summary.domains),
+        "example": summary.example,
+        "known": known is not None,
+        "pattern": known.pattern if known else None,
+        "meaning": known.meaning if known else None,
+        "reroute_helps": known.reroute_helps if known else None,
+        "fix": known.fix if known else None,
+        "source": known.source if known else None,
+        "selected": summary.selected,
+    }
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def show_table(
+    out: Console,
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Cell]],
+    numbers: Collection[str],
+) -> None:
+    """Rich on a terminal, tab-separated when piped; the `numbers` columns right-aligned."""
+    if not out.is_terminal:
+        print_table(out, title, headers, [[str(cell) for cell in row] for row in rows])
+        return
+    table = Table(title=title, title_justify="left")
+    for header in headers:
+        justify: JustifyMethod = "right" if header in numbers else "left"
+        table.add_column(header, justify=justify, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _style(key: str) -> str:
+    if key == UNKNOWN:
+        return "bold red"
+    return "yellow" if key.startswith("mixed:") else ""
+
+
+def _providers(row: Row) -> Text:
+    names = row.providers[:SHOWN_PROVIDERS]
+    text = Text()
+    for index, name in enumerate(names):
+        if index:
+            text.append(", ")
+        text.append(name, style=_style(name))
+    if len(row.providers) > SHOWN_PROVIDERS:
+        text.append(f" +{len(row.providers) - SHOWN_PROVIDERS}", style="dim")
+    return text
+
+
+def _key(row: Row, by: By, catalog: Catalog, terminal: bool) -> Text:
+    if row.key == "TOTAL":
+        return Text(row.key, style="bold")
+    if by is not By.PROVIDER:
+        return Text(row.key)
+    text = Text(row.key, style=_style(row.key))
+    provider = catalog.by_name.get(row.key)
+    if terminal and provider is not None and provider.label != row.key:
+        text.append(f" {provider.label}", style="dim")
+    return text
+
+
+def _counts(row: Row) -> list[Cell]:
+    cells: list[Cell] = [str(row.messages), Text(str(row.recipients), style="bold")]
+    cells += [Text(str(n), style="dim" if n == 0 else "") for n in row.buckets]
+    return cells
+
+
+def show_shape(out: Console, found: Shape, catalog: Catalog) -> None:
+    by = found.by
+    counts = ["messages", "T", *BUCKET_LABELS]
+    headers = [by.value] + (["provider"] if by is not By.PROVIDER else []) + counts
+    rows: list[list[Cell]] = []
+    for row in (found.total, *found.rows):
+        cells: list[Cell] = [_key(row, by, catalog, out.is_terminal)]
+        if by is not By.PROVIDER:
+            cells.append(Text("") if row is found.total else _providers(row))
+        rows.append(cells + _counts(row))
+    title = f"Deferred recipients by {by.value} and age in minutes"
+    show_table(out, title, headers, rows, counts)
+
+
+def show_unclassified(out: Console, found: Sequence[Unclassified]) -> None:
+    if not found:
+        return
+    rows: list[list[Cell]] = [
+        [
+            Text(u.domain),
+            Text("mixed MX: " + ", ".join(u.mixed), style="yellow")
+            if u.mixed
+            else Text("unknown", style="bold red"),
+            str(u.recipients),
+            str(u.messages),
+            Text(u.why),
+        ]
+        for u in found
+    ]
+    out.file.write("\n")
+    headers = ("domain", "provider", "recipients", "messages", "why")
+    title = "Recipients no provider could be named for"
+    show_table(out, title, headers, rows, ("recipients", "messages"))
+
+
+_HELPS_STYLE = {"yes": "green", "no": "red", "?": "dim"}
+
+
+def _helps(known: KnownReason | None) -> str:
+    """Whether rerouting helps, by the catalog: yes, no, or ? for a reason it does not know."""
+    if known is None:
+        return "?"
+    return "yes" if known.reroute_helps else "no"
+
+
+def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
+    if not out.is_terminal:
+        rows = [
+            [
+                str(s.recipients),
+                str(s.messages),
+                s.provider_key,
+                _helps(s.known),
+                s.reason,
+                s.known.meaning if s.known else "",
+                s.known.fix if s.known else "",
+            ]
+            for s in summaries
+        ]
+        print_table(out, "Deferral reasons", REASON_COLUMNS, rows)
+        return
+    table = Table(title="Deferral reasons", title_justify="left")
+    table.add_column("recipients", justify="right")
+    table.add_column("messages", justify="right")
+    table.add_column("provider")
+    table.add_column("reroute helps")
+    table.add_column("reason, meaning and fix", overflow="fold")
+    for s in summaries:
+        explained = Text(s.reason, style="bold")
+        if s.known is not None:
+            explained.append(f"\n{s.known.meaning}")
+            explained.append(f"\nfix: {s.known.fix}", style="italic")
+        table.add_row(
+            str(s.recipients),
+            str(s.messages),
+            Text(s.provider_key, style=_style(s.provider_key)),
+            Text(_helps(s.known), style=_HELPS_STYLE[_helps(s.known)]),
+            explained,
+        )
+    out.print(table)
+
+
+def footer(view: QueueView, deferred: Sequence[Item], now: float, *, no_dns: bool) -> str:
+    messages = len({item.message.queue_id for item in deferred})
+    domains = len({item.recipient.domain for item in deferred})
+    dns = "no DNS lookups (--no-dns)" if no_dns else f"{view.inventory.dns_queries} MX lookups"
+    oldest = max((now - i.message.arrival_time for i in deferred), default=0.0)
+    return (
+        f"{messages} deferred messages, {len(deferred)} recipients at {domains} domains; "
+        f"oldest {age(oldest)}; {dns}."
+    )
