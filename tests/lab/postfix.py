@@ -115,6 +115,17 @@ def new_lab_root(prefix: str = "lab-") -> Path:
     return root
 
 
+# The daemons a submission passes through, which read the lab's maps when they start.
+SUBMISSION_PATH = frozenset({"smtpd", "cleanup", "trivial-rewrite"})
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def processes_in(folder: Path, *, below: bool = False) -> list[int]:
     """Live processes whose working folder is `folder` (or, with below=True, inside it).
 
@@ -253,6 +264,9 @@ class PostfixLab:
         if self.master_pid() is None:
             return
         logged = self._log_size()
+        # An idle smtpd of the old generation may still take the next connection, with
+        # the old maps: wait until those on the submission path have gone.
+        old = {pid for pid in self._processes() if _command_name(pid) in SUBMISSION_PATH}
         self._command("postfix", "reload")
         # The master logs this once it has read the files again; daemons started from
         # then on (all of them, soon: the old ones exit) use the new settings.
@@ -260,6 +274,11 @@ class PostfixLab:
             lambda: "reload -- version" in self._log_since(logged),
             timeout=30,
             what=f"Postfix {self.name} to reload",
+        )
+        self.wait_for(
+            lambda: not old.intersection(self._processes()),
+            timeout=30,
+            what=f"Postfix {self.name}'s old smtpd, cleanup and trivial-rewrite to exit",
         )
 
     def set_transports(self, transports: Mapping[str, str]) -> None:
