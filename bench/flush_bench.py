@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -261,8 +262,14 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
-def run_measured(argv: list[str], *, timeout: float) -> ProcessRun:
-    """Run `argv` from the repo root; wall time and rusage of exactly that process."""
+def run_measured(
+    argv: list[str], *, timeout: float, on_start: Callable[[int], None] | None = None
+) -> ProcessRun:
+    """Run `argv` from the repo root; wall time and rusage of exactly that process.
+
+    `on_start` is called with the trampoline's pid once it runs (the measured
+    process is its only child).
+    """
     env = dict(os.environ)
     env.pop("QUEUE_RESCUE_CONFIG", None)
     with (
@@ -280,6 +287,8 @@ def run_measured(argv: list[str], *, timeout: float) -> ProcessRun:
             env=env,
             start_new_session=True,  # its own process group: a timeout ends the whole tree
         )
+        if on_start is not None:
+            on_start(proc.pid)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -463,6 +472,75 @@ class Sink:
             proc.wait(10)
 
 
+class RssSampler:
+    """The measured process's RSS over the flush's progress (the sink's count), sampled.
+
+    Peak RSS alone cannot tell a memory that grows with the queue from one that
+    fills up to a plateau early on; the samples can: compare the second half of a
+    flush with the first.
+    """
+
+    def __init__(self, progress: Callable[[], int], interval: float = 0.05) -> None:
+        self._progress = progress
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.samples: list[tuple[int, int]] = []  # (messages the sink has, RSS in KiB)
+
+    def start(self, trampoline_pid: int) -> None:
+        self._thread = threading.Thread(target=self._run, args=(trampoline_pid,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, trampoline: int) -> None:
+        pid = None
+        while not self._stop.wait(self._interval):
+            if pid is None:
+                pid = _only_child(trampoline)
+                continue
+            rss = _rss_kib(pid)
+            if rss is None:
+                return  # it has ended
+            self.samples.append((self._progress(), rss))
+
+    def summary(self, n: int) -> dict[str, Any]:
+        """Peak RSS while the sink had the first and the second half of the n messages."""
+        first = [rss for done, rss in self.samples if done < n / 2]
+        second = [rss for done, rss in self.samples if n / 2 <= done < n]
+        at = {
+            f"{share}%": next((rss for done, rss in self.samples if done >= n * share / 100), None)
+            for share in (25, 50, 75)
+        }
+        return {
+            "samples": len(self.samples),
+            "first_half_peak_mb": round(max(first) / 1024, 1) if first else None,
+            "second_half_peak_mb": round(max(second) / 1024, 1) if second else None,
+            "rss_mb_at": {k: round(v / 1024, 1) if v else None for k, v in at.items()},
+        }
+
+
+def _only_child(pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 # -- the measurements ----------------------------------------------------------------------
 
 
@@ -493,8 +571,13 @@ def measure_flush(
         renderer = PROFILE_RENDERERS.get(profile.suffix, "text")
         argv = [sys.executable, "-m", "pyinstrument", "-r", renderer, "-o", str(profile), *argv[1:]]
     result: dict[str, Any] = {"command": "queue-rescue " + " ".join(args)}
-    with cpu_ledger(result, lab, sink):
-        run = run_measured(argv, timeout=300 + n / 10).check("queue-rescue flush")
+    sampler = RssSampler(sink.count)
+    try:
+        with cpu_ledger(result, lab, sink):
+            run = run_measured(argv, timeout=300 + n / 10, on_start=sampler.start)
+    finally:
+        sampler.stop()
+    run.check("queue-rescue flush")
     summaries = [
         json.loads(line)["summary"] for line in run.stdout.splitlines() if '"summary"' in line
     ]
@@ -506,6 +589,7 @@ def measure_flush(
         seconds=round(run.seconds, 3),
         messages_per_second=rate(n, run.seconds),
         peak_rss_mb=round(run.max_rss_mb, 1),
+        rss_over_progress=sampler.summary(n),
         cpu_seconds=round(run.cpu_seconds, 2),
         own_cpu_seconds=_round(run.own_cpu_seconds),
         children_cpu_seconds=_round(run.children_cpu_seconds),
@@ -956,6 +1040,14 @@ def table(report: dict[str, Any], out: TextIO) -> None:
             f"flush peak RSS {flush['peak_rss_mb']:.1f} MB   (target < 150 MB: "
             f"{verdict('flush_peak_rss_under_150mb')})\n"
         )
+        over = flush.get("rss_over_progress")
+        if over and over.get("second_half_peak_mb") is not None:
+            at = ", ".join(f"{k} {v} MB" for k, v in over["rss_mb_at"].items() if v)
+            w(
+                f"flush RSS while the sink had the first / second half: peak "
+                f"{over['first_half_peak_mb']} / {over['second_half_peak_mb']} MB "
+                f"(at {at}; {over['samples']} samples)\n"
+            )
         w(
             f"checked: sink got {flush['sink_received']:,} from queue-rescue"
             + (f", {reroute['sink_received']:,} from Postfix" if reroute else "")

@@ -15,9 +15,9 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from rescue import holding
 from rescue.dispatch import Dispatcher
@@ -29,6 +29,7 @@ from rescue.queue import MailQueue
 from rescue.srs import SrsRewriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REROUTED = "rerouted"
 WOULD_REROUTE = "would-reroute"
@@ -40,10 +41,46 @@ ACTIONS = (REROUTED, WOULD_REROUTE, RELEASED_ACTION, FAILED, SKIPPED_ACTION)
 # Settle (delete accepted, release refused) this often, so a long flush gives
 # mail back to Postfix as it goes, not only at the end.
 SETTLE_INTERVAL = 0.5
+# A selection is held this many messages at a time (one postsuper call each).
+BATCH_SIZE = 500
 # `sending` is journaled for this many messages at a time (see Flush._claim).
 CLAIM_AHEAD = 16
-# Below this many messages a helper process to read queue files costs more than it saves.
+# Below this many messages (in the first batch) a helper process to read queue files
+# costs more than it saves.
 PREFETCH_FROM = 200
+# The feeder holds the next batch once fewer than this many held messages wait.
+QUEUED_AHEAD = 500
+
+
+async def _batched(selection: Sequence[Selected]) -> AsyncIterator[Sequence[Selected]]:
+    """A list as the batches a flush takes; oldest first, as given."""
+    for start in range(0, len(selection), BATCH_SIZE):
+        yield selection[start : start + BATCH_SIZE]
+
+
+async def _outcome_of(work: Awaitable[T]) -> tuple[T, bool]:
+    """(the result of `work`, whether this task was cancelled while waiting for it).
+
+    For work in a thread that cannot be stopped: a cancellation (also a second one)
+    waits for its result instead of losing it.
+    """
+    job = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(job), cancelled
+        except asyncio.CancelledError:
+            if job.cancelled():
+                raise
+            cancelled = True
+
+
+async def _chain(
+    first: Sequence[Selected], rest: AsyncIterator[Sequence[Selected]]
+) -> AsyncIterator[Sequence[Selected]]:
+    yield first
+    async for batch in rest:
+        yield batch
 
 
 class EnvelopeReader(Protocol):
@@ -200,6 +237,10 @@ class Flush:
         self._prefetch_from = prefetch_from
         self._prefetcher: Prefetcher | None = None
         self._senders: dict[str, str] = {}  # SRS address of each sender, made once a run
+        self._todo: collections.deque[_Item] = collections.deque()  # held, not yet sent
+        self._fed = False  # every batch has been taken
+        self._arrived = asyncio.Event()  # more in _todo, or _fed
+        self._room = asyncio.Event()  # _todo is short enough for the next batch
 
     # --- planning (no change to the queue) --------------------------------------------
 
@@ -217,11 +258,17 @@ class Flush:
 
     # --- the flush ------------------------------------------------------------------------
 
-    async def run(self, selection: Sequence[Selected]) -> Summary:
-        items = self._skip_already_sent(self._plan(selection))
+    async def run(
+        self, selection: Sequence[Selected] | AsyncIterable[Sequence[Selected]]
+    ) -> Summary:
+        """Flush a selection: a list, or batches as the queue's listing is read.
+
+        Batches are held one at a time, while the messages held before are being
+        sent; memory holds a few batches, not the queue.
+        """
+        batches = selection if isinstance(selection, AsyncIterable) else _batched(selection)
         try:
-            held = self._hold(items)
-            await self._send_all(held)
+            await self._flush(aiter(batches))
         finally:
             # Whatever happened (an error, Ctrl-C, SIGTERM): nothing we hold stays on hold.
             self._settle()
@@ -233,6 +280,76 @@ class Flush:
             self.summary.elapsed = time.monotonic() - self.summary.started
         return self.summary
 
+    async def _flush(self, batches: AsyncIterator[Sequence[Selected]]) -> None:
+        first = await anext(batches, None)
+        if first is None:
+            return
+        if self._prefetch_from is not None and len(first) >= PREFETCH_FROM:
+            # Before the journal's writer thread and postsuper's threads start: it forks.
+            self._prefetcher = Prefetcher(self._prefetch_from)
+        try:
+            with self._journal.writing_behind():
+                await self._feed_and_send(_chain(first, batches))
+        finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self._prefetcher = None
+
+    async def _feed_and_send(self, batches: AsyncIterator[Sequence[Selected]]) -> None:
+        stop = asyncio.Event()
+        settler = asyncio.create_task(self._settle_periodically(stop))
+        feeder = asyncio.create_task(self._feed(batches))
+        workers = [asyncio.create_task(self._worker()) for _ in range(self._dispatcher.concurrency)]
+        try:
+            await asyncio.gather(feeder, *workers)
+        finally:
+            for task in (feeder, *workers):
+                task.cancel()
+            # The feeder learns what a hold in progress did before it ends (see _take).
+            await asyncio.gather(feeder, *workers, return_exceptions=True)
+            # Let the settler finish the batch it may be in the middle of (its postsuper
+            # runs in a thread; cancelling it would lose track of what that call did).
+            stop.set()
+            await asyncio.gather(settler, return_exceptions=True)
+
+    async def _feed(self, batches: AsyncIterator[Sequence[Selected]]) -> None:
+        """Hold each batch and queue it for the senders, staying a little ahead of them."""
+        try:
+            async for batch in batches:
+                await self._take(batch)
+                while len(self._todo) > QUEUED_AHEAD:
+                    self._room.clear()
+                    await self._room.wait()
+        finally:
+            self._fed = True
+            self._arrived.set()
+
+    async def _take(self, batch: Sequence[Selected]) -> None:
+        # A message listed twice (it moved between queues while showq read them) may
+        # come again in a later batch: one this run holds is not taken a second time.
+        batch = [s for s in batch if s.message.queue_id not in self._open]
+        items = self._skip_already_sent(self._plan(batch))
+        if not items:
+            return
+        holding.begin_hold(self._journal, items)
+        ids = [i.queue_id for i in items]
+        # postsuper goes on in its thread also when the flush is cancelled meanwhile:
+        # learn what it held all the same, so that it is released, not left on hold.
+        held_ids, cancelled = await _outcome_of(asyncio.to_thread(self._queue.hold, ids))
+        self._queue_held(items, held_ids)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _queue_held(self, items: list[_Item], held_ids: set[str]) -> None:
+        held, gone = holding.end_hold(self._journal, items, held_ids)
+        self._open.update((i.queue_id, i) for i in held)
+        for item in gone:
+            self._report(item, SKIPPED_ACTION)
+        if self._prefetcher is not None:
+            self._prefetcher.add([i.queue_id for i in held])
+        self._todo.extend(held)
+        self._arrived.set()
+
     def _skip_already_sent(self, items: list[_Item]) -> list[_Item]:
         keep, done = holding.already_sent(self._journal, items)
         for item in done:
@@ -241,43 +358,17 @@ class Flush:
             self._report(item, SKIPPED_ACTION)
         return keep
 
-    def _hold(self, items: list[_Item]) -> list[_Item]:
-        held, gone = holding.hold(self._journal, self._queue, items)
-        self._open.update((i.queue_id, i) for i in held)
-        for item in gone:
-            self._report(item, SKIPPED_ACTION)
-        return held
-
-    async def _send_all(self, items: list[_Item]) -> None:
-        todo = collections.deque(items)
-        workers = max(1, min(self._dispatcher.concurrency, len(items)))
-        stop = asyncio.Event()
-        if self._prefetch_from is not None and len(items) > PREFETCH_FROM:
-            # Before the journal's writer thread starts: the helper is forked.
-            self._prefetcher = Prefetcher(self._prefetch_from, [i.queue_id for i in items])
-        try:
-            await self._send_with_settler(todo, workers, stop)
-        finally:
-            if self._prefetcher is not None:
-                self._prefetcher.close()
-                self._prefetcher = None
-
-    async def _send_with_settler(
-        self, todo: collections.deque[_Item], workers: int, stop: asyncio.Event
-    ) -> None:
-        with self._journal.writing_behind():
-            settler = asyncio.create_task(self._settle_periodically(stop))
-            try:
-                await asyncio.gather(*(self._worker(todo) for _ in range(workers)))
-            finally:
-                # Let the settler finish the batch it may be in the middle of (its postsuper
-                # runs in a thread; cancelling it would lose track of what that call did).
-                stop.set()
-                await asyncio.gather(settler, return_exceptions=True)
-
-    async def _worker(self, todo: collections.deque[_Item]) -> None:
-        while todo:
+    async def _worker(self) -> None:
+        todo = self._todo
+        while True:
+            while not todo and not self._fed:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if not todo:
+                return
             item = todo.popleft()
+            if len(todo) <= QUEUED_AHEAD:
+                self._room.set()
             if not item.claimed:
                 self._claim(item, todo)
             try:

@@ -49,6 +49,12 @@ def hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> tuple[list[T
     """Journal, then hold: (held, no longer in the deferred queue)."""
     if not items:
         return [], []
+    begin_hold(journal, items)
+    return end_hold(journal, items, queue.hold(i.queue_id for i in items))
+
+
+def begin_hold(journal: Journal, items: Sequence[T]) -> None:
+    """Journal each message as `holding`: committed before postsuper may hold it."""
     journal.start(
         (
             item.key,
@@ -58,7 +64,10 @@ def hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> tuple[list[T
         )
         for item in items
     )
-    held_ids = queue.hold(i.queue_id for i in items)
+
+
+def end_hold(journal: Journal, items: Sequence[T], held_ids: set[str]) -> tuple[list[T], list[T]]:
+    """Journal what the hold did: (held, no longer in the deferred queue)."""
     held = [i for i in items if i.queue_id in held_ids]
     gone = [i for i in items if i.queue_id not in held_ids]
     journal.record([i.key for i in held], HELD)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Collection, Iterable, Iterator, Mapping
+import itertools
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from rescue.classify.catalog import Catalog
@@ -101,27 +102,55 @@ async def take_inventory(
     """Every listed message with a classification per pending recipient.
 
     DNS is asked only for domains whose delay reason does not already name a
-    provider's MX host, once per distinct domain.
+    provider's MX host, once per distinct domain, all at once.
+    """
+    parts = [part async for part in inventory_parts(listing, catalog, resolver, own_relays)]
+    return parts[0] if parts else Inventory()
+
+
+async def inventory_parts(
+    listing: Iterable[QueuedMessage | BadLine],
+    catalog: Catalog,
+    resolver: MxResolver | None,
+    own_relays: Iterable[str] = (),
+    size: int | None = None,
+) -> AsyncIterator[Inventory]:
+    """The inventory `size` listing entries at a time (None: in one part).
+
+    For a flush that streams the queue: memory holds a part, not the queue.
+    Each domain is looked up once, when it first appears; later parts reuse
+    the answer. A message listed twice is kept once within a part; across
+    parts, the flush does not take a message twice (Flush._take).
     """
     relays = frozenset(h.lower() for h in own_relays)
     hosts = _ReasonHosts(catalog, relays)
-    inv = Inventory()
-    domains: set[str] = set()
-    with collection_paused():
-        for item in listing:
-            if isinstance(item, BadLine):
-                inv.bad.append(item)
-                continue
-            inv.messages.append(item)
-            if resolver is not None:
-                domains.update(
-                    r.domain for r in item.recipients if not hosts.decide(r.delay_reason)
-                )
     answers: dict[str, MxAnswer] = {}
-    if resolver is not None and domains:
-        answers = await resolver.lookup_all(domains)
-        inv.dns_queries = resolver.queries
     classify = _Classifier(catalog, answers, relays)
-    for message in inv.messages:
-        inv.classes[message.queue_id] = tuple(classify(r) for r in message.recipients)
-    return inv
+    entries = iter(listing)
+    while True:
+        part = Inventory()
+        domains: set[str] = set()
+        with collection_paused():
+            for item in entries if size is None else itertools.islice(entries, size):
+                if isinstance(item, BadLine):
+                    part.bad.append(item)
+                    continue
+                if item.queue_id in part.classes:
+                    continue  # listed twice: it moved between queues while being listed
+                part.classes[item.queue_id] = ()
+                part.messages.append(item)
+                if resolver is not None:
+                    domains.update(
+                        r.domain for r in item.recipients if not hosts.decide(r.delay_reason)
+                    )
+        if not part.messages and not part.bad:
+            return
+        new = domains.difference(answers)
+        if resolver is not None and new:
+            answers.update(await resolver.lookup_all(new))
+        part.dns_queries = resolver.queries if resolver is not None else 0
+        for message in part.messages:
+            part.classes[message.queue_id] = tuple(classify(r) for r in message.recipients)
+        yield part
+        if size is None:
+            return

@@ -35,6 +35,11 @@ SKIPPED = "skipped"
 FINAL_STATES = frozenset({DELETED, RELEASED, SKIPPED})
 OPEN_STATES = frozenset({HOLDING, HELD, SENDING, ACCEPTED})
 
+# SQLite's page cache per connection (KiB): rows are found by key, so a small cache
+# does; the default (2 MiB each for this connection and the writer's) would fill up
+# as the journal grows and make a long flush's memory grow with it.
+CACHE_SIZE = "PRAGMA cache_size=-512"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id     INTEGER PRIMARY KEY,
@@ -141,6 +146,7 @@ class Journal:
             # process (SIGKILL, a bug). Surviving a power loss as well is what
             # sync() is for: it runs before every step that cannot be undone.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(CACHE_SIZE)
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
@@ -158,7 +164,7 @@ class Journal:
         For the flush's busy part: the event loop goes on while SQLite writes.
         sync() and leaving the block wait until everything is committed.
         """
-        self._writer = BackgroundWriter(self.path, _UPSERT)
+        self._writer = BackgroundWriter(self.path, _UPSERT, [CACHE_SIZE])
         try:
             yield
         finally:

@@ -51,26 +51,44 @@ def read_batch(queue_dir: str, queue_ids: Sequence[str]) -> dict[str, Result]:
 class Prefetcher:
     """Hands out envelopes read ahead by one forked helper process.
 
-    Create it in the event loop, before any other thread starts (a fork copies
-    only the calling thread), and close() it when the flush ends.
+    Create it in the event loop, before any other thread starts (the helper is
+    forked at once, and a fork copies only the calling thread); `add` the
+    queue ids in the order they will be sent, as they are held; close() it when
+    the flush ends.
     """
 
-    def __init__(self, queue_dir: str, order: Sequence[str]) -> None:
+    def __init__(self, queue_dir: str, order: Sequence[str] = ()) -> None:
         self._queue_dir = queue_dir
-        self._batches = [list(order[i : i + BATCH]) for i in range(0, len(order), BATCH)]
-        self._batch_of = {qid: n for n, batch in enumerate(self._batches) for qid in batch}
+        self._batches: dict[int, list[str]] = {}  # batch number -> ids, until asked for
+        self._left: dict[int, int] = {}  # batch number -> envelopes not yet handed out
+        self._batch_of: dict[str, int] = {}  # queue id -> its batch, until taken
         self._futures: dict[int, asyncio.Future[dict[str, Result]]] = {}
+        self._added = 0  # batches made so far
         self._asked = 0  # batches submitted so far
-        self._left = [len(batch) for batch in self._batches]  # envelopes not yet taken
+        self._wanted = 0  # the highest batch a sender has asked for, plus AHEAD
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("fork")
         )
-        self._ask_up_to(AHEAD)
+        # Fork the helper now, while this is the only thread; it waits for batches.
+        self._pool.submit(read_batch, queue_dir, ())
+        self.add(order)
+
+    def add(self, queue_ids: Sequence[str]) -> None:
+        """Read these too, after those added before."""
+        for start in range(0, len(queue_ids), BATCH):
+            batch = list(queue_ids[start : start + BATCH])
+            n = self._added
+            self._added += 1
+            self._batches[n] = batch
+            self._left[n] = len(batch)
+            self._batch_of.update(dict.fromkeys(batch, n))
+        self._ask_up_to(max(self._wanted, AHEAD - 1))
 
     def _ask_up_to(self, last: int) -> None:
-        while self._asked < min(last + 1, len(self._batches)):
+        self._wanted = max(self._wanted, last)
+        while self._asked <= last and self._asked < self._added:
             n = self._asked
-            submitted = self._pool.submit(read_batch, self._queue_dir, self._batches[n])
+            submitted = self._pool.submit(read_batch, self._queue_dir, self._batches.pop(n))
             self._futures[n] = asyncio.wrap_future(submitted)
             self._asked += 1
 
@@ -79,7 +97,7 @@ class Prefetcher:
 
         Raises QueueFileError for a broken queue file, as the reader would.
         """
-        n = self._batch_of.get(queue_id)
+        n = self._batch_of.pop(queue_id, None)
         if n is None:
             return None
         self._ask_up_to(n + AHEAD)
@@ -89,12 +107,14 @@ class Prefetcher:
             results = await asyncio.shield(self._futures[n])
         except (concurrent.futures.process.BrokenProcessPool, OSError):
             return None  # the helper is gone: the flush reads the files itself
-        # Each envelope is handed out once; a batch is let go when all are taken,
-        # so memory holds a few batches, not the whole queue.
+        finally:
+            # Each envelope is handed out once; a batch is let go when all are taken,
+            # so memory holds a few batches, not the whole queue.
+            self._left[n] -= 1
+            if self._left[n] <= 0:
+                del self._left[n]
+                self._futures.pop(n, None)
         kind, value = results.pop(queue_id, (ASK_AGAIN, None))
-        self._left[n] -= 1
-        if self._left[n] <= 0:
-            self._futures.pop(n, None)
         if kind == FOUND and isinstance(value, Envelope):
             return value
         if kind == BROKEN:

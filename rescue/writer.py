@@ -21,9 +21,11 @@ Rows = Sequence[tuple[Any, ...]]
 
 
 class BackgroundWriter:
-    def __init__(self, path: Path, statement: str) -> None:
+    def __init__(self, path: Path, statement: str, pragmas: Sequence[str] = ()) -> None:
+        """Write with `statement`; `pragmas` are run on the thread's connection first."""
         self._path = path
         self._statement = statement
+        self._pragmas = tuple(pragmas)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
@@ -52,6 +54,8 @@ class BackgroundWriter:
     def _run(self) -> None:
         db = sqlite3.connect(str(self._path), isolation_level=None, timeout=30)
         db.execute("PRAGMA synchronous=NORMAL")
+        for pragma in self._pragmas:
+            db.execute(pragma)
         try:
             while True:
                 items = [self._queue.get()]

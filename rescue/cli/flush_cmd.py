@@ -8,12 +8,13 @@ crashed run worked on, never on another source's messages.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import click
@@ -26,13 +27,14 @@ from rescue.cli.common import (
     run_async,
 )
 from rescue.cli.flush_report import FlushReporter
-from rescue.cli.queueview import inventory_of
+from rescue.cli.queueview import QueueReader
 from rescue.config import Config, JournalConfig
 from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode
 from rescue.export import ExportError, ExportQueue
 from rescue.flush import EnvelopeReader, Flush, Summary
 from rescue.flush import dry_run as preview
+from rescue.inventory import Inventory
 from rescue.journal import Journal
 from rescue.lock import InstanceLock
 from rescue.model import Classification, QueuedMessage, Selected
@@ -48,6 +50,10 @@ from rescue.srs import SrsRewriter
 Copy = SpoolQueue | ExportQueue
 
 log = logging.getLogger(__name__)
+
+# A flush reads the queue's listing this many entries at a time: it holds and sends
+# them while it reads on, so memory holds a few parts, not the queue.
+LISTING_PART = 500
 
 
 def selectors_from(
@@ -82,32 +88,74 @@ def whole(message: QueuedMessage, classes: Sequence[Classification]) -> Selected
     return Selected(message, known[0].provider or "-", known[0].reason_matched, tuple(classes))
 
 
+class Chooser:
+    """Which listed messages a flush takes: by the selectors, or all of an export."""
+
+    def __init__(self, reader: QueueReader, selectors: Selectors, *, everything: bool) -> None:
+        unknown = selectors.providers - set(reader.catalog.by_name)
+        if unknown:
+            names = ", ".join(sorted(reader.catalog.by_name))
+            raise click.BadParameter(
+                f"unknown provider {', '.join(sorted(unknown))} (known: {names})",
+                param_hint="--provider",
+            )
+        self.reader = reader
+        self.selectors = selectors
+        self.everything = everything
+        self.now = time.time()
+
+    def chosen(self, part: Inventory) -> list[Selected]:
+        """The messages of one part of the listing to take, oldest first."""
+        out = []
+        for message in part.messages:
+            classes = part.classes[message.queue_id]
+            if self.everything:
+                selected = whole(message, classes)
+            else:
+                selected = choose(message, classes, self.selectors, self.now)
+            if selected is not None:
+                out.append(selected)
+        out.sort(key=_arrival)
+        return out
+
+    async def batches(self) -> AsyncIterator[list[Selected]]:
+        """The selection as the listing is read, LISTING_PART entries at a time.
+
+        Oldest first within each part; with --limit N, the N oldest of the whole
+        queue (the listing is read to its end first, keeping N).
+        """
+        limit = self.selectors.limit
+        if limit is not None:
+            yield await self._oldest(limit)
+            return
+        async for part in self.reader.parts(LISTING_PART):
+            chosen = self.chosen(part)
+            if chosen:
+                yield chosen
+
+    async def _oldest(self, limit: int) -> list[Selected]:
+        kept: list[Selected] = []
+        async for part in self.reader.parts(LISTING_PART):
+            kept = heapq.nsmallest(limit, [*kept, *self.chosen(part)], key=_arrival)
+        return kept
+
+    async def all(self) -> list[Selected]:
+        """The whole selection, oldest first."""
+        chosen = [selected async for batch in self.batches() for selected in batch]
+        chosen.sort(key=_arrival)
+        return chosen
+
+
+def _arrival(selected: Selected) -> int:
+    return selected.message.arrival_time
+
+
 def select(
     cfg: Config, selectors: Selectors, source: MailQueue | None = None, *, everything: bool = False
 ) -> list[Selected]:
     """The messages to take, oldest first; `everything` ignores providers (an export)."""
-    view = inventory_of(cfg, source=source, use_dns=not everything)
-    unknown = selectors.providers - set(view.catalog.by_name)
-    if unknown:
-        names = ", ".join(sorted(view.catalog.by_name))
-        raise click.BadParameter(
-            f"unknown provider {', '.join(sorted(unknown))} (known: {names})",
-            param_hint="--provider",
-        )
-    now = time.time()
-    chosen = []
-    for message in view.inventory.messages:
-        classes = view.inventory.classes[message.queue_id]
-        if everything:
-            selected = whole(message, classes)
-        else:
-            selected = choose(message, classes, selectors, now)
-        if selected is not None:
-            chosen.append(selected)
-    chosen.sort(key=lambda s: s.message.arrival_time)  # oldest mail first
-    if selectors.limit is not None:
-        chosen = chosen[: selectors.limit]
-    return chosen
+    reader = QueueReader(cfg, source=source, use_dns=not everything)
+    return run_async(Chooser(reader, selectors, everything=everything).all())
 
 
 def open_copy(spool: Path | None, from_dir: Path | None) -> Copy | None:
@@ -162,7 +210,7 @@ def confirm(selection: list[Selected], cfg: Config) -> bool:
 
 def execute(
     cfg: Config,
-    selection: list[Selected],
+    selection: list[Selected] | AsyncIterator[list[Selected]],
     queue: MailQueue,
     read_envelope: EnvelopeReader,
     journal: Journal,
@@ -187,6 +235,28 @@ def execute(
     except KeyboardInterrupt:
         reporter.finish(flush.summary)
         raise
+
+
+def show_dry_run(cfg: Config, selection: list[Selected], *, as_json: bool) -> None:
+    reporter = FlushReporter(as_json=as_json, total=len(selection), interactive=False, dry_run=True)
+    srs = SrsRewriter.from_config(cfg.srs)
+    reporter.finish(preview(selection, srs, cfg.smarthosts[0].name, reporter))
+
+
+def what_to_flush(
+    chooser: Chooser, cfg: Config, *, ask: bool
+) -> tuple[list[Selected] | AsyncIterator[list[Selected]], int | None]:
+    """(the selection, how many) after asking; without asking it streams (how many: None).
+
+    Asking first needs the whole selection in memory; a flush with --yes, or not
+    on a terminal, holds and sends each part of the listing as it reads on.
+    """
+    if not ask:
+        return chooser.batches(), None
+    selection = run_async(chooser.all())
+    if selection and not confirm(selection, cfg):
+        fail(ExitCode.USAGE, "not confirmed; nothing was changed")
+    return selection, len(selection)
 
 
 FOLDER = click.Path(file_okay=False, path_type=Path)
@@ -289,12 +359,7 @@ def flush(
     copy = open_copy(spool, from_dir)
     cfg = load_config(ctx)
     if dry_run:
-        selection = select(cfg, selectors, copy, everything=everything)
-        reporter = FlushReporter(
-            as_json=as_json, total=len(selection), interactive=False, dry_run=True
-        )
-        srs = SrsRewriter.from_config(cfg.srs)
-        reporter.finish(preview(selection, srs, cfg.smarthosts[0].name, reporter))
+        show_dry_run(cfg, select(cfg, selectors, copy, everything=everything), as_json=as_json)
         return
 
     journal_cfg = cfg.journal if copy is None else JournalConfig(copy.journal_path)
@@ -316,14 +381,15 @@ def flush(
             else:
                 report_recovery(recover_copy(journal, copy))
                 queue, read_envelope = copy, copy.read_envelope
-            selection = select(cfg, selectors, copy, everything=everything)
-            if not selection:
-                click.echo("Nothing to reroute: no deferred message matches.", err=True)
+            chooser = Chooser(
+                QueueReader(cfg, source=copy, use_dns=not everything),
+                selectors,
+                everything=everything,
+            )
             interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
-            if selection and not yes and interactive and not confirm(selection, cfg):
-                fail(ExitCode.USAGE, "not confirmed; nothing was changed")
+            selection, total = what_to_flush(chooser, cfg, ask=interactive and not yes)
             reporter = FlushReporter(
-                as_json=as_json, total=len(selection), interactive=interactive, dry_run=False
+                as_json=as_json, total=total, interactive=interactive, dry_run=False
             )
             summary = execute(
                 cfg,
@@ -335,6 +401,8 @@ def flush(
                 read_in_thread=read_in_thread,
                 prefetch_from=prefetch_from,
             )
+            if not summary.selected:
+                click.echo("Nothing to reroute: no deferred message matches.", err=True)
             journal.end_run({k: int(v) for k, v in summary.counts.items()})
         finally:
             journal.close()

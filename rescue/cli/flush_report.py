@@ -27,14 +27,20 @@ LIST_LIMIT = 100
 class FlushReporter:
     """Reports each message as it settles: JSON lines, or a progress bar with log lines."""
 
-    def __init__(self, *, as_json: bool, total: int, interactive: bool, dry_run: bool) -> None:
+    def __init__(
+        self, *, as_json: bool, total: int | None, interactive: bool, dry_run: bool
+    ) -> None:
+        """`total` is the number of messages selected; None when the flush streams."""
         self.as_json = as_json
         self.dry_run = dry_run
         self.now = time.time()
+        # What the closing list shows: every outcome of a dry run or of a short flush;
+        # past LIST_LIMIT only those that need attention (a large flush keeps no list).
         self.outcomes: list[Outcome] = []
+        self._seen = 0
         self._progress: Progress | None = None
         self._task: Any = None
-        if interactive and not as_json and not dry_run and total:
+        if interactive and not as_json and not dry_run and total != 0:
             self._progress = Progress(
                 TextColumn("rerouting"),
                 BarColumn(),
@@ -47,9 +53,10 @@ class FlushReporter:
             self._progress.start()
 
     def __call__(self, outcome: Outcome) -> None:
+        self._seen += 1
         if self.as_json:
             json_line(outcome_json(outcome))
-        else:
+        elif self.dry_run or outcome.action != "rerouted" or self._seen <= LIST_LIMIT + 1:
             self.outcomes.append(outcome)
         if self._progress is not None:
             self._progress.advance(self._task)
@@ -108,7 +115,7 @@ class FlushReporter:
 
     def _result_lines(self, out: Console) -> None:
         """One line a message; past LIST_LIMIT only those that need attention."""
-        many = len(self.outcomes) > LIST_LIMIT
+        many = self._seen > LIST_LIMIT
         for o in self.outcomes:
             if o.action == "rerouted" and not many:
                 out.print(f"{o.queue_id} rerouted via {o.smarthost}: {o.reply}", markup=False)
@@ -116,6 +123,5 @@ class FlushReporter:
                 out.print(f"{o.queue_id} {o.action}: {o.detail}", markup=False)
         if many:
             out.print(
-                f"({len(self.outcomes)} messages: rerouted ones are not listed; "
-                "--json or -v shows each)"
+                f"({self._seen} messages: rerouted ones are not listed; --json or -v shows each)"
             )

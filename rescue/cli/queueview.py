@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from rescue.classify.catalog import Catalog, load_catalog
@@ -11,7 +11,7 @@ from rescue.classify.dns import MxResolver
 from rescue.cli.common import run_async
 from rescue.config import Config
 from rescue.errors import PostfixError
-from rescue.inventory import Inventory, take_inventory
+from rescue.inventory import Inventory, inventory_parts
 from rescue.model import QueuedMessage
 from rescue.postfix.commands import Postfix
 from rescue.postfix.listing import BadLine
@@ -47,6 +47,49 @@ class QueueView:
 Listing = Iterator[QueuedMessage | BadLine]
 
 
+class QueueReader:
+    """A queue's listing, started at once, and how its recipients are classified.
+
+    Creating it starts the listing (Postfix's showq works while the caller goes
+    on); `parts` and `whole` then classify it, reporting unreadable entries.
+    `listing` is the queue's listing when the caller started it already.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        use_dns: bool = True,
+        source: MailQueue | None = None,
+        listing: Listing | None = None,
+    ) -> None:
+        self.postfix = Postfix(cfg.postfix)
+        self.queue: MailQueue = self.postfix if source is None else source
+        self.listing = self.queue.listing() if listing is None else listing
+        self.catalog = load_catalog(cfg.providers)
+        # A copy or an export may come from another host: this host's relayhost says
+        # nothing about where its mail was stuck (the configured own_relays still count).
+        self.relays = own_relays(cfg, self.postfix) if source is None else cfg.postfix.own_relays
+        self._dns = cfg.dns if (use_dns and cfg.dns.enabled) else None
+
+    async def parts(self, size: int | None) -> AsyncIterator[Inventory]:
+        """The classified listing `size` entries at a time (None: all in one part)."""
+        resolver = MxResolver(self._dns) if self._dns is not None else None
+        async for part in inventory_parts(self.listing, self.catalog, resolver, self.relays, size):
+            if part.bad:
+                report_bad(part)
+            yield part
+
+    def whole(self) -> QueueView:
+        """The whole queue, classified (runs its own event loop)."""
+
+        async def collect() -> Inventory:
+            parts = [part async for part in self.parts(None)]
+            return parts[0] if parts else Inventory()
+
+        return QueueView(run_async(collect()), self.catalog, self.postfix, self.queue)
+
+
 def inventory_of(
     cfg: Config,
     *,
@@ -59,23 +102,7 @@ def inventory_of(
     `listing` is `source`'s (or Postfix's) listing when the caller started it
     already, so that showq works while the caller imports what it needs.
     """
-    postfix = Postfix(cfg.postfix)
-    queue: MailQueue = postfix if source is None else source
-    if listing is None:
-        listing = queue.listing()  # first: Postfix's showq works while we load the rest
-    catalog = load_catalog(cfg.providers)
-    # A copy or an export may come from another host: this host's relayhost says nothing
-    # about where its mail was stuck (the configured own_relays still count).
-    relays = own_relays(cfg, postfix) if source is None else cfg.postfix.own_relays
-
-    async def collect() -> Inventory:
-        resolver = MxResolver(cfg.dns) if (use_dns and cfg.dns.enabled) else None
-        return await take_inventory(listing, catalog, resolver, relays)
-
-    inventory = run_async(collect())
-    if inventory.bad:
-        report_bad(inventory)
-    return QueueView(inventory, catalog, postfix, queue)
+    return QueueReader(cfg, use_dns=use_dns, source=source, listing=listing).whole()
 
 
 def report_bad(inventory: Inventory) -> None:

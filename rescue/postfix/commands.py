@@ -92,7 +92,10 @@ class Postfix:
     # --- reading ------------------------------------------------------------------------
 
     def listing(self) -> Iterator[QueuedMessage | BadLine]:
-        """Stream `postqueue -j`; each message once (the listing may repeat one).
+        """Stream `postqueue -j`.
+
+        A message that moves from one queue to another while showq reads them may
+        be listed twice; the inventory keeps the first (see inventory_parts).
 
         The command starts at once, before the first item is asked for: showq works
         while the caller prepares (loads the catalog, asks postconf), so call this
@@ -111,14 +114,8 @@ class Postfix:
     def _read_listing(
         proc: subprocess.Popen[bytes], spill: IO[bytes]
     ) -> Iterator[QueuedMessage | BadLine]:
-        seen: set[str] = set()
         try:
-            for item in parse_listing(follow(proc, spill)):
-                if isinstance(item, QueuedMessage):
-                    if item.queue_id in seen:
-                        continue
-                    seen.add(item.queue_id)
-                yield item
+            yield from parse_listing(follow(proc, spill))
         finally:
             spill.close()
             if proc.poll() is None:  # the reader stopped early

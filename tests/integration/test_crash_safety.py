@@ -171,6 +171,28 @@ def test_signals_release_everything_held(w: World, sig: signal.Signals) -> None:
     assert w.smarthost.received == []
 
 
+def test_sigterm_while_postsuper_holds_releases_what_it_held(w: World, tmp_path: Path) -> None:
+    # The hold runs in a thread beside the SMTP sessions; cancelling the flush must still
+    # learn what that postsuper call held, so that it is released and not left on hold.
+    ids = submit(w, 4)
+    commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, "-h")
+    rescue = w.rescue("term-hold", command_dir=commands)
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    wait_for(reached.exists, 60, "the hold to start")
+    proc.send_signal(signal.SIGTERM)
+    flag.unlink()  # the hold goes on, as a real postsuper would after the signal
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode in (0, 130), err
+    assert w.lab.queue_ids("hold") == [], (out, err)
+    assert_each_sent_once_or_deferred(w, ids)
+    states = journal_states(rescue)
+    assert sum(states.values()) == 4
+    assert set(states) <= {"released", "deleted"}, states
+    assert '"summary"' in out
+
+
 def test_a_second_instance_says_who_holds_the_lock(w: World) -> None:
     submit(w, 1)
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
