@@ -11,10 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 
-def json_line(obj: dict[str, Any], stream: TextIO | None = None) -> None:
+def json_line(obj: dict[str, Any], stream: TextIO | None = None, *, flush: bool = True) -> None:
+    """One JSON object on its own line; flushed at once unless more follow right away."""
     out = stream or sys.stdout
     out.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
-    out.flush()
+    if flush:
+        out.flush()
 
 
 def age(seconds: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -41,7 +42,8 @@ def show(view: QueueView, *, by: str, show_reasons: bool, as_json: bool, no_dns:
     now = time.time()
     if as_json and not show_reasons:
         for message in inventory.messages:
-            json_line(message_json(message, inventory.classes[message.queue_id]))
+            json_line(message_json(message, inventory.classes[message.queue_id]), flush=False)
+        sys.stdout.flush()
         return
     deferred = list(items(inventory.messages, inventory.classes))
     if show_reasons:
