@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import inspect
 import itertools
@@ -17,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from rescue import holding
 from rescue.dispatch import Dispatcher
@@ -147,6 +148,7 @@ class _Item:
     recipients: tuple[str, ...] = ()
     broken: bool = False  # could not be read: reported as failed once released
     claimed: bool = False  # its `sending` is in the journal
+    accepted: bool = False  # a smarthost took it: it is deleted, never released
 
     @property
     def queue_id(self) -> str:
@@ -241,6 +243,7 @@ class Flush:
         self._fed = False  # every batch has been taken
         self._arrived = asyncio.Event()  # more in _todo, or _fed
         self._room = asyncio.Event()  # _todo is short enough for the next batch
+        self._commands: concurrent.futures.ThreadPoolExecutor | None = None
 
     # --- planning (no change to the queue) --------------------------------------------
 
@@ -272,7 +275,10 @@ class Flush:
         finally:
             # Whatever happened (an error, Ctrl-C, SIGTERM): nothing we hold stays on hold.
             self._settle()
-            for item in self._open.values():  # held, but neither accepted nor refused
+            for item in self._open.values():  # held, and not settled
+                if item.accepted:  # a smarthost has it: never back to Postfix
+                    self._accepted.append(item)
+                    continue
                 item.detail = item.detail or "interrupted before the smarthost accepted it"
                 self._refused.append(item)
             self._settle()
@@ -287,10 +293,17 @@ class Flush:
         if self._prefetch_from is not None and len(first) >= PREFETCH_FROM:
             # Before the journal's writer thread and postsuper's threads start: it forks.
             self._prefetcher = Prefetcher(self._prefetch_from)
+        # Two threads for postsuper (a hold and a settle may overlap) and the journal's
+        # fsync: few threads, so few malloc arenas to grow.
+        self._commands = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="queue-rescue-postsuper"
+        )
         try:
             with self._journal.writing_behind():
                 await self._feed_and_send(_chain(first, batches))
         finally:
+            self._commands.shutdown(wait=True)  # a postsuper call in progress ends first
+            self._commands = None
             if self._prefetcher is not None:
                 self._prefetcher.close()
                 self._prefetcher = None
@@ -335,7 +348,7 @@ class Flush:
         ids = [i.queue_id for i in items]
         # postsuper goes on in its thread also when the flush is cancelled meanwhile:
         # learn what it held all the same, so that it is released, not left on hold.
-        held_ids, cancelled = await _outcome_of(asyncio.to_thread(self._queue.hold, ids))
+        held_ids, cancelled = await _outcome_of(self._in_thread(self._queue.hold, ids))
         self._queue_held(items, held_ids)
         if cancelled:
             raise asyncio.CancelledError
@@ -452,6 +465,7 @@ class Flush:
             self._refused.append(item)
             return
         item.smarthost, item.reply = accepted.smarthost, accepted.reply
+        item.accepted = True
         self._journal.record(
             [item.key], ACCEPTED, smarthost=accepted.smarthost, reply=accepted.reply
         )
@@ -478,15 +492,30 @@ class Flush:
 
     async def _settle_async(self) -> None:
         """As _settle, with Postfix's commands in a thread: the SMTP sessions go on."""
+        # Each postsuper call is seen through to its result also when the flush is
+        # cancelled meanwhile: what it deleted or released must be known.
         accepted, self._accepted = self._accepted, []
         refused, self._refused = self._refused, []
+        cancelled = False
         if accepted:
-            await asyncio.to_thread(self._sync_journal)
-            deleted = await asyncio.to_thread(self._queue_op, "delete", accepted)
+            _, cancelled = await _outcome_of(self._in_thread(self._sync_journal))
+            deleted, stopped = await _outcome_of(
+                self._in_thread(self._queue_op, "delete", accepted)
+            )
             self._after_delete(accepted, deleted)
+            cancelled = cancelled or stopped
         if refused:
-            released = await asyncio.to_thread(self._queue_op, "release", refused)
+            released, stopped = await _outcome_of(
+                self._in_thread(self._queue_op, "release", refused)
+            )
             self._after_release(refused, released)
+            cancelled = cancelled or stopped
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _in_thread(self, call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run a blocking call (postsuper, fsync) in the flush's command threads."""
+        return asyncio.get_running_loop().run_in_executor(self._commands, call, *args)
 
     def _settle(self) -> None:
         """Delete what smarthosts accepted, release what they did not (batched)."""

@@ -193,6 +193,33 @@ def test_sigterm_while_postsuper_holds_releases_what_it_held(w: World, tmp_path:
     assert '"summary"' in out
 
 
+def test_sigterm_while_deleting_never_gives_back_what_was_sent(
+    w: World, tmp_path: Path
+) -> None:
+    # The smarthost has the messages and postsuper -d is running when SIGTERM comes: the
+    # flush must learn what that call deleted, and never release an accepted message
+    # (Postfix would deliver it a second time).
+    ids = submit(w, 5)
+    commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, "-d")
+    rescue = w.rescue("term-delete", command_dir=commands)
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    wait_for(reached.exists, 60, "the delete to start")
+    proc.send_signal(signal.SIGTERM)
+    flag.unlink()
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode in (0, 130), err
+    assert '"summary"' in out
+    assert w.lab.queue_ids("hold") == []
+    assert_each_sent_once_or_deferred(w, ids)  # none both at the smarthost and deferred
+    again = rescue.run("flush", "--provider", "ionos", "--json")
+    assert again.code == 0, again.stderr
+    assert_each_sent_once_or_deferred(w, ids)
+    assert len(w.smarthost.received) == 5
+    assert w.lab.queue() == []
+
+
 def test_a_second_instance_says_who_holds_the_lock(w: World) -> None:
     submit(w, 1)
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
