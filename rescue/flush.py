@@ -49,7 +49,7 @@ CLAIM_AHEAD = 16
 # Below this many messages (in the first batch) a helper process to read queue files
 # costs more than it saves.
 PREFETCH_FROM = 200
-# The feeder holds the next batch once fewer than this many held messages wait.
+# The feeder holds the next batch once no more than this many held messages wait.
 QUEUED_AHEAD = 500
 
 

@@ -193,9 +193,7 @@ def test_sigterm_while_postsuper_holds_releases_what_it_held(w: World, tmp_path:
     assert '"summary"' in out
 
 
-def test_sigterm_while_deleting_never_gives_back_what_was_sent(
-    w: World, tmp_path: Path
-) -> None:
+def test_sigterm_while_deleting_never_gives_back_what_was_sent(w: World, tmp_path: Path) -> None:
     # The smarthost has the messages and postsuper -d is running when SIGTERM comes: the
     # flush must learn what that call deleted, and never release an accepted message
     # (Postfix would deliver it a second time).
