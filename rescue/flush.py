@@ -27,6 +27,7 @@ from rescue.journal import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journa
 from rescue.model import Envelope, Selected
 from rescue.prefetch import Prefetcher
 from rescue.queue import MailQueue
+from rescue.smtp import Accepted
 from rescue.srs import SrsRewriter
 
 log = logging.getLogger(__name__)
@@ -244,13 +245,24 @@ class Flush:
         self._arrived = asyncio.Event()  # more in _todo, or _fed
         self._room = asyncio.Event()  # _todo is short enough for the next batch
         self._commands: concurrent.futures.ThreadPoolExecutor | None = None
+        self._report_failed = False
+        # Messages this run gave back to Postfix or found gone: a message listed again
+        # later (it moved between queues while showq read them) is not taken twice.
+        # Those a smarthost accepted are known to the journal (already_sent).
+        self._given_back: set[str] = set()
+        self._feed_error: BaseException | None = None
 
     # --- planning (no change to the queue) --------------------------------------------
 
     def _report(self, item: _Item, action: str) -> None:
         outcome = _outcome(item, action)
         self.summary.add(outcome)
-        self._report_cb(outcome)
+        try:
+            self._report_cb(outcome)
+        except Exception as exc:  # e.g. stdout closed by a pipe's reader: settle all the same
+            if not self._report_failed:
+                log.error("cannot report outcomes any more (%r); the flush goes on", exc)
+            self._report_failed = True
 
     def _plan(self, selection: Sequence[Selected]) -> list[_Item]:
         ready, broken = plan(selection, self._srs, self._primary)
@@ -318,30 +330,45 @@ class Flush:
         finally:
             for task in (feeder, *workers):
                 task.cancel()
-            # The feeder learns what a hold in progress did before it ends (see _take).
-            await asyncio.gather(feeder, *workers, return_exceptions=True)
-            # Let the settler finish the batch it may be in the middle of (its postsuper
-            # runs in a thread; cancelling it would lose track of what that call did).
-            stop.set()
-            await asyncio.gather(settler, return_exceptions=True)
+            try:
+                # The feeder learns what a hold in progress did before it ends (see _take);
+                # waited for also through a second cancellation.
+                await _outcome_of(asyncio.gather(feeder, *workers, return_exceptions=True))
+            finally:
+                # Let the settler finish the batch it may be in the middle of (its
+                # postsuper runs in a thread; its result must not be lost).
+                stop.set()
+                await _outcome_of(asyncio.gather(settler, return_exceptions=True))
+        if self._feed_error is not None:
+            raise self._feed_error
 
     async def _feed(self, batches: AsyncIterator[Sequence[Selected]]) -> None:
-        """Hold each batch and queue it for the senders, staying a little ahead of them."""
+        """Hold each batch and queue it for the senders, staying a little ahead of them.
+
+        An error here (the listing failed, the journal cannot be written) stops the
+        feeding, not the sending: what is held is sent, then the error is raised.
+        """
         try:
             async for batch in batches:
                 await self._take(batch)
                 while len(self._todo) > QUEUED_AHEAD:
                     self._room.clear()
                     await self._room.wait()
+        except Exception as exc:
+            self._feed_error = exc
         finally:
             self._fed = True
             self._arrived.set()
 
     async def _take(self, batch: Sequence[Selected]) -> None:
         # A message listed twice (it moved between queues while showq read them) may
-        # come again in a later batch: one this run holds is not taken a second time.
-        batch = [s for s in batch if s.message.queue_id not in self._open]
-        items = self._skip_already_sent(self._plan(batch))
+        # come again, in the same batch or a later one: it is taken once.
+        fresh: dict[str, Selected] = {}
+        for selected in batch:
+            qid = selected.message.queue_id
+            if qid not in self._open and qid not in self._given_back:
+                fresh.setdefault(qid, selected)
+        items = self._skip_already_sent(self._plan(list(fresh.values())))
         if not items:
             return
         holding.begin_hold(self._journal, items)
@@ -354,8 +381,10 @@ class Flush:
             raise asyncio.CancelledError
 
     def _queue_held(self, items: list[_Item], held_ids: set[str]) -> None:
+        # Known as held before anything else can fail: then the closing settle releases it.
+        self._open.update((i.queue_id, i) for i in items if i.queue_id in held_ids)
         held, gone = holding.end_hold(self._journal, items, held_ids)
-        self._open.update((i.queue_id, i) for i in held)
+        self._given_back.update(i.queue_id for i in gone)
         for item in gone:
             self._report(item, SKIPPED_ACTION)
         if self._prefetcher is not None:
@@ -382,13 +411,17 @@ class Flush:
             item = todo.popleft()
             if len(todo) <= QUEUED_AHEAD:
                 self._room.set()
-            if not item.claimed:
-                self._claim(item, todo)
             try:
+                if not item.claimed:
+                    self._claim(item, todo)
                 await self._send_one(item)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # a bug in one message must not stop the others
+                if item.accepted:  # a smarthost has it: deleted, never given back
+                    log.exception("%s: error after the smarthost accepted it", item.queue_id)
+                    self._accepted.append(item)
+                    continue
                 log.exception("%s: unexpected error; released to Postfix", item.queue_id)
                 item.detail = f"unexpected error: {exc!r}"
                 item.broken = True
@@ -424,6 +457,7 @@ class Flush:
             item.detail = "queue file vanished while on hold (deleted by someone else)"
             log.warning("%s: %s", qid, item.detail)
             self._open.pop(qid, None)
+            self._given_back.add(qid)
             self._journal.record([item.key], SKIPPED, detail=item.detail)
             self._report(item, SKIPPED_ACTION)
             return
@@ -464,14 +498,23 @@ class Flush:
                 log.warning("%s: %s", qid, exc)
             self._refused.append(item)
             return
+        self._took(item, accepted)
+
+    def _took(self, item: _Item, accepted: Accepted) -> None:
+        """A smarthost accepted the message: from now on it is deleted, never given back."""
         item.smarthost, item.reply = accepted.smarthost, accepted.reply
         item.accepted = True
-        self._journal.record(
-            [item.key], ACCEPTED, smarthost=accepted.smarthost, reply=accepted.reply
-        )
+        try:
+            self._journal.record(
+                [item.key], ACCEPTED, smarthost=accepted.smarthost, reply=accepted.reply
+            )
+        except JournalError as exc:
+            log.error(
+                "%s: journal: %s; deleting the accepted message all the same", item.queue_id, exc
+            )
         log.info(
             "%s: rerouted to %s via %s: %s",
-            qid,
+            item.queue_id,
             ",".join(item.recipients),
             accepted.smarthost,
             accepted.reply,
@@ -572,6 +615,7 @@ class Flush:
             self._note(keys, RELEASED, reason)
         for item in items:
             self._open.pop(item.queue_id, None)
+            self._given_back.add(item.queue_id)
             if item.queue_id in released:
                 log.info("%s: released to Postfix: %s", item.queue_id, item.detail)
                 self._report(item, FAILED if item.broken else RELEASED_ACTION)

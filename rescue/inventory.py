@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import itertools
@@ -108,6 +109,30 @@ async def take_inventory(
     return parts[0] if parts else Inventory()
 
 
+def _read_part(
+    entries: Iterator[QueuedMessage | BadLine],
+    size: int | None,
+    hosts: _ReasonHosts,
+    want_domains: bool,
+) -> tuple[Inventory, set[str]]:
+    """The next `size` entries (None: all): the part, and the domains DNS must be asked."""
+    part = Inventory()
+    domains: set[str] = set()
+    with collection_paused():
+        for item in entries if size is None else itertools.islice(entries, size):
+            if isinstance(item, BadLine):
+                part.bad.append(item)
+                continue
+            if item.queue_id in part.classes:
+                continue  # listed twice: it moved between queues while being listed
+            part.classes[item.queue_id] = ()
+            part.messages.append(item)
+            if want_domains:
+                undecided = (r for r in item.recipients if not hosts.decide(r.delay_reason))
+                domains.update(r.domain for r in undecided)
+    return part, domains
+
+
 async def inventory_parts(
     listing: Iterable[QueuedMessage | BadLine],
     catalog: Catalog,
@@ -127,22 +152,19 @@ async def inventory_parts(
     answers: dict[str, MxAnswer] = {}
     classify = _Classifier(catalog, answers, relays)
     entries = iter(listing)
+    first = True
     while True:
-        part = Inventory()
-        domains: set[str] = set()
-        with collection_paused():
-            for item in entries if size is None else itertools.islice(entries, size):
-                if isinstance(item, BadLine):
-                    part.bad.append(item)
-                    continue
-                if item.queue_id in part.classes:
-                    continue  # listed twice: it moved between queues while being listed
-                part.classes[item.queue_id] = ()
-                part.messages.append(item)
-                if resolver is not None:
-                    domains.update(
-                        r.domain for r in item.recipients if not hosts.decide(r.delay_reason)
-                    )
+        if first or size is None:
+            # The first part in this thread: nothing else runs yet (a flush's read-ahead
+            # helper forks after it, while this is the only thread).
+            part, domains = _read_part(entries, size, hosts, resolver is not None)
+        else:
+            # Later parts in a worker thread: a flush's SMTP sessions go on meanwhile,
+            # also while showq is slow to write the listing.
+            part, domains = await asyncio.to_thread(
+                _read_part, entries, size, hosts, resolver is not None
+            )
+        first = False
         if not part.messages and not part.bad:
             return
         new = domains.difference(answers)

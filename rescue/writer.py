@@ -17,6 +17,7 @@ from typing import Any
 from rescue.errors import JournalError
 
 _STOP = object()
+DRAIN_CHECK = 1.0  # seconds between looks at whether the writer thread still runs
 Rows = Sequence[tuple[Any, ...]]
 
 
@@ -39,7 +40,10 @@ class BackgroundWriter:
         """Return once every row given so far is committed (or raise why it was not)."""
         done = threading.Event()
         self._queue.put(done)
-        done.wait()
+        while not done.wait(DRAIN_CHECK):
+            if not self._thread.is_alive():  # it died without saying why
+                self._failure = self._failure or RuntimeError("the writer thread has stopped")
+                break
         self._raise_failure()
 
     def close(self) -> None:

@@ -134,16 +134,22 @@ class Chooser:
                 yield chosen
 
     async def _oldest(self, limit: int) -> list[Selected]:
-        kept: list[Selected] = []
+        kept: dict[str, Selected] = {}
         async for part in self.reader.parts(LISTING_PART):
-            kept = heapq.nsmallest(limit, [*kept, *self.chosen(part)], key=_arrival)
-        return kept
+            for selected in self.chosen(part):
+                kept.setdefault(selected.message.queue_id, selected)  # listed twice: once
+            kept = {
+                s.message.queue_id: s for s in heapq.nsmallest(limit, kept.values(), key=_arrival)
+            }
+        return list(kept.values())
 
     async def all(self) -> list[Selected]:
-        """The whole selection, oldest first."""
-        chosen = [selected async for batch in self.batches() for selected in batch]
-        chosen.sort(key=_arrival)
-        return chosen
+        """The whole selection, oldest first, each message once."""
+        chosen: dict[str, Selected] = {}
+        async for batch in self.batches():
+            for selected in batch:
+                chosen.setdefault(selected.message.queue_id, selected)
+        return sorted(chosen.values(), key=_arrival)
 
 
 def _arrival(selected: Selected) -> int:

@@ -50,7 +50,7 @@ class FlushReporter:
                 transient=True,
             )
             self._task = self._progress.add_task("flush", total=total)
-            self._progress.start()
+        self._started = False  # its refresh thread starts with the first outcome
 
     def __call__(self, outcome: Outcome) -> None:
         self._seen += 1
@@ -59,6 +59,10 @@ class FlushReporter:
         elif self.dry_run or outcome.action != "rerouted" or self._seen <= LIST_LIMIT + 1:
             self.outcomes.append(outcome)
         if self._progress is not None:
+            if not self._started:
+                # Not earlier: the flush forks its read-ahead helper before any thread runs.
+                self._progress.start()
+                self._started = True
             self._progress.advance(self._task)
 
     def close(self) -> None:

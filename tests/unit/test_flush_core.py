@@ -1,0 +1,206 @@
+"""The flush's bookkeeping with the queue and the smarthosts played by fakes.
+
+What must hold whatever happens: each message ends deleted after a smarthost took it,
+or back in the deferred queue; none is sent twice, none stays on hold. The journal is
+the real one (SQLite in a temporary folder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import rescue.writer
+from rescue.errors import DeliveryError, JournalError, PostfixError
+from rescue.flush import Flush, Outcome, Summary
+from rescue.journal import ACCEPTED, DELETED, Journal
+from rescue.model import Envelope, QueuedMessage, Recipient, Selected
+from rescue.smtp import Accepted
+
+
+class FakeQueue:
+    """Postfix's queue as postsuper sees it: deferred, hold, or gone."""
+
+    def __init__(self, queue_ids: Iterable[str]) -> None:
+        self.where = dict.fromkeys(queue_ids, "deferred")
+
+    def _move(self, ids: Iterable[str], source: str, target: str) -> set[str]:
+        moved = {i for i in ids if self.where.get(i) == source}
+        self.where.update(dict.fromkeys(moved, target))
+        return moved
+
+    def hold(self, queue_ids: Iterable[str]) -> set[str]:
+        return self._move(queue_ids, "deferred", "hold")
+
+    def release(self, queue_ids: Iterable[str]) -> set[str]:
+        return self._move(queue_ids, "hold", "deferred")
+
+    def delete(self, queue_ids: Iterable[str]) -> set[str]:
+        return self._move(queue_ids, "hold", "gone")
+
+    def listing(self) -> Iterator[QueuedMessage]:
+        raise AssertionError("the flush does not list")
+
+
+class FakeSmarthost:
+    """Takes every message (after a moment), or refuses those in `refuse`."""
+
+    concurrency = 4
+
+    def __init__(self, refuse: Iterable[str] = ()) -> None:
+        self.sent: list[str] = []
+        self.refuse = set(refuse)
+
+    async def deliver(
+        self, envelope: Envelope, sender: str, on_attempt: Callable[[str], None]
+    ) -> Accepted:
+        on_attempt("relay1")
+        await asyncio.sleep(0.001)
+        if envelope.queue_id in self.refuse:
+            raise DeliveryError("550 no", smarthost="relay1", code=550, transient=False)
+        self.sent.append(envelope.queue_id)
+        return Accepted(smarthost="relay1", reply=f"250 ok queued as X{envelope.queue_id}")
+
+    async def close(self) -> None:
+        pass
+
+
+class SameSender:
+    def forward(self, sender: str) -> str:
+        return sender
+
+
+def selected(n: int) -> Selected:
+    message = QueuedMessage(
+        queue_id=f"ABCDE{n:05d}",
+        queue_name="deferred",
+        arrival_time=1_700_000_000 + n,
+        size=100,
+        sender="alice@example.com",
+        recipients=(Recipient(f"c{n}@kunde1.test"),),
+    )
+    return Selected(message, "ionos", "invalid sender domain")
+
+
+def envelope(queue_id: str) -> Envelope:
+    return Envelope(queue_id, "alice@example.com", (Recipient("c@kunde1.test"),), b"x\n")
+
+
+def flush(
+    tmp_path: Path,
+    queue: FakeQueue,
+    smarthost: FakeSmarthost,
+    report: Callable[[Outcome], None] | None = None,
+) -> tuple[Flush, list[Outcome], Journal]:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.begin_run("flush", 1)
+    outcomes: list[Outcome] = []
+    run = Flush(
+        queue=queue,
+        journal=journal,
+        srs=SameSender(),  # type: ignore[arg-type]
+        dispatcher=smarthost,  # type: ignore[arg-type]
+        read_envelope=envelope,
+        report=report or outcomes.append,
+        primary="relay1",
+        read_in_thread=False,
+    )
+    return run, outcomes, journal
+
+
+async def parts(
+    *batches: Sequence[Selected], fail: Exception | None = None
+) -> AsyncIterator[Sequence[Selected]]:
+    for batch in batches:
+        yield batch
+    if fail is not None:
+        raise fail
+
+
+def test_a_message_listed_twice_is_sent_once(tmp_path: Path) -> None:
+    one, two = selected(1), selected(2)
+    queue, smarthost = FakeQueue([one.message.queue_id, two.message.queue_id]), FakeSmarthost()
+    run, outcomes, _ = flush(tmp_path, queue, smarthost)
+
+    summary = asyncio.run(run.run(parts([one, one, two], [one, two])))
+
+    assert sorted(smarthost.sent) == [one.message.queue_id, two.message.queue_id]
+    assert set(queue.where.values()) == {"gone"}
+    assert summary.counts["rerouted"] == 2
+    assert len(outcomes) == 2
+
+
+def test_one_given_back_and_listed_again_is_not_taken_again(tmp_path: Path) -> None:
+    refused = selected(1)
+    queue = FakeQueue([refused.message.queue_id])
+    smarthost = FakeSmarthost(refuse=[refused.message.queue_id])
+    run, outcomes, _ = flush(tmp_path, queue, smarthost)
+
+    async def later_again() -> AsyncIterator[Sequence[Selected]]:
+        yield [refused]
+        while queue.where[refused.message.queue_id] != "deferred":  # released meanwhile
+            await asyncio.sleep(0.01)
+        yield [refused]
+
+    asyncio.run(run.run(later_again()))
+
+    assert queue.where == {refused.message.queue_id: "deferred"}
+    assert [o.action for o in outcomes] == ["released"]
+
+
+def test_accepted_is_deleted_even_when_the_journal_cannot_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put = rescue.writer.BackgroundWriter.put
+
+    def failing_put(self: rescue.writer.BackgroundWriter, rows: rescue.writer.Rows) -> None:
+        if rows and rows[0][3] == ACCEPTED:
+            raise JournalError("journal: disk full")
+        put(self, rows)
+
+    monkeypatch.setattr(rescue.writer.BackgroundWriter, "put", failing_put)
+    chosen = [selected(n) for n in range(3)]
+    queue, smarthost = FakeQueue(s.message.queue_id for s in chosen), FakeSmarthost()
+    run, outcomes, _ = flush(tmp_path, queue, smarthost)
+
+    asyncio.run(run.run(chosen))
+
+    assert len(smarthost.sent) == 3
+    assert set(queue.where.values()) == {"gone"}  # none given back to be sent again
+    assert {o.action for o in outcomes} == {"rerouted"}
+
+
+def test_a_reader_that_went_away_does_not_leave_mail_on_hold(tmp_path: Path) -> None:
+    chosen = [selected(n) for n in range(20)]
+    queue = FakeQueue(s.message.queue_id for s in chosen)
+    smarthost = FakeSmarthost(refuse=[s.message.queue_id for s in chosen[::2]])
+
+    def closed_pipe(outcome: Outcome) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    run, _, _ = flush(tmp_path, queue, smarthost, report=closed_pipe)
+
+    summary: Summary = asyncio.run(run.run(chosen))
+
+    assert "hold" not in queue.where.values()
+    assert sorted(q for q, where in queue.where.items() if where == "gone") == sorted(
+        smarthost.sent
+    )
+    assert summary.counts["rerouted"] == 10 and summary.counts["released"] == 10
+
+
+def test_a_listing_that_fails_stops_the_feeding_not_the_sending(tmp_path: Path) -> None:
+    chosen = [selected(n) for n in range(6)]
+    queue, smarthost = FakeQueue(s.message.queue_id for s in chosen), FakeSmarthost()
+    run, _, journal = flush(tmp_path, queue, smarthost)
+
+    with pytest.raises(PostfixError, match="postqueue -j failed"):
+        asyncio.run(run.run(parts(chosen, fail=PostfixError("postqueue -j failed: boom"))))
+
+    assert sorted(smarthost.sent) == sorted(s.message.queue_id for s in chosen)
+    assert set(queue.where.values()) == {"gone"}
+    states = journal.states(s.message.key for s in chosen)
+    assert set(states.values()) == {DELETED}
