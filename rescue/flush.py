@@ -368,7 +368,12 @@ class Flush:
             qid = selected.message.queue_id
             if qid not in self._open and qid not in self._given_back:
                 fresh.setdefault(qid, selected)
-        items = self._skip_already_sent(self._plan(list(fresh.values())))
+        items = holding.skip_sent(
+            self._journal,
+            self._plan(list(fresh.values())),
+            "already accepted by a smarthost in an earlier run; not sent again",
+            lambda item: self._report(item, SKIPPED_ACTION),
+        )
         if not items:
             return
         holding.begin_hold(self._journal, items)
@@ -391,14 +396,6 @@ class Flush:
             self._prefetcher.add([i.queue_id for i in held])
         self._todo.extend(held)
         self._arrived.set()
-
-    def _skip_already_sent(self, items: list[_Item]) -> list[_Item]:
-        keep, done = holding.already_sent(self._journal, items)
-        for item in done:
-            item.detail = "already accepted by a smarthost in an earlier run; not sent again"
-            log.warning("%s: %s", item.queue_id, item.detail)
-            self._report(item, SKIPPED_ACTION)
-        return keep
 
     async def _worker(self) -> None:
         todo = self._todo

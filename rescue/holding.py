@@ -7,7 +7,7 @@ before postsuper holds it, so that a crash right after the hold is repaired.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from rescue.journal import ACCEPTED, DELETED, HELD, SKIPPED, Journal
@@ -43,6 +43,18 @@ def already_sent(journal: Journal, items: Sequence[T]) -> tuple[list[T], list[T]
         else:
             keep.append(item)
     return keep, done
+
+
+def skip_sent(
+    journal: Journal, items: Sequence[T], detail: str, report: Callable[[T], None]
+) -> list[T]:
+    """The items to take; each one already sent is logged and reported with `detail`."""
+    keep, done = already_sent(journal, items)
+    for item in done:
+        item.detail = detail
+        log.warning("%s: %s", item.queue_id, item.detail)
+        report(item)
+    return keep
 
 
 def hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> tuple[list[T], list[T]]:

@@ -166,7 +166,12 @@ class Export:
         self._report_cb(outcome)
 
     def run(self, selection: Sequence[Selected]) -> ExportSummary:
-        items = self._skip_already_sent([_Item(s) for s in selection])
+        items = holding.skip_sent(
+            self._journal,
+            [_Item(s) for s in selection],
+            "already rerouted or exported in an earlier run; not exported again",
+            lambda item: self._report(item, SKIPPED_ACTION),
+        )
         try:
             held = self._hold(items)
             for start in range(0, len(held), CHUNK):
@@ -175,14 +180,6 @@ class Export:
             self._settle()
             self.summary.elapsed = time.monotonic() - self.summary.started
         return self.summary
-
-    def _skip_already_sent(self, items: list[_Item]) -> list[_Item]:
-        keep, done = holding.already_sent(self._journal, items)
-        for item in done:
-            item.detail = "already rerouted or exported in an earlier run; not exported again"
-            log.warning("%s: %s", item.queue_id, item.detail)
-            self._report(item, SKIPPED_ACTION)
-        return keep
 
     def _hold(self, items: list[_Item]) -> list[_Item]:
         held, gone = holding.hold(self._journal, self._queue, items)

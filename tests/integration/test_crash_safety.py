@@ -171,45 +171,46 @@ def test_signals_release_everything_held(w: World, sig: signal.Signals) -> None:
     assert w.smarthost.received == []
 
 
-def test_sigterm_while_postsuper_holds_releases_what_it_held(w: World, tmp_path: Path) -> None:
-    # The hold runs in a thread beside the SMTP sessions; cancelling the flush must still
-    # learn what that postsuper call held, so that it is released and not left on hold.
-    ids = submit(w, 4)
-    commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, "-h")
-    rescue = w.rescue("term-hold", command_dir=commands)
+def sigterm_while_postsuper(
+    w: World, tmp_path: Path, option: str, n: int
+) -> tuple[list[str], Rescue, str]:
+    """Flush n messages; SIGTERM while `postsuper option` runs, then let it finish.
+
+    Returns the queue ids, the Rescue and the flush's stdout (its exit code is checked).
+    """
+    ids = submit(w, n)
+    commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, option)
+    rescue = w.rescue(f"term{option}", command_dir=commands)
 
     proc = rescue.popen("flush", "--provider", "ionos", "--json")
-    wait_for(reached.exists, 60, "the hold to start")
+    wait_for(reached.exists, 60, f"postsuper {option} to start")
     proc.send_signal(signal.SIGTERM)
-    flag.unlink()  # the hold goes on, as a real postsuper would after the signal
+    flag.unlink()  # postsuper goes on, as a real one would after the signal
     out, err = proc.communicate(timeout=60)
 
     assert proc.returncode in (0, 130), err
+    assert '"summary"' in out
     assert w.lab.queue_ids("hold") == [], (out, err)
+    return ids, rescue, out
+
+
+def test_sigterm_while_postsuper_holds_releases_what_it_held(w: World, tmp_path: Path) -> None:
+    # The hold runs in a thread beside the SMTP sessions; cancelling the flush must still
+    # learn what that postsuper call held, so that it is released and not left on hold.
+    ids, rescue, _ = sigterm_while_postsuper(w, tmp_path, "-h", 4)
+
     assert_each_sent_once_or_deferred(w, ids)
     states = journal_states(rescue)
     assert sum(states.values()) == 4
     assert set(states) <= {"released", "deleted"}, states
-    assert '"summary"' in out
 
 
 def test_sigterm_while_deleting_never_gives_back_what_was_sent(w: World, tmp_path: Path) -> None:
     # The smarthost has the messages and postsuper -d is running when SIGTERM comes: the
     # flush must learn what that call deleted, and never release an accepted message
     # (Postfix would deliver it a second time).
-    ids = submit(w, 5)
-    commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, "-d")
-    rescue = w.rescue("term-delete", command_dir=commands)
+    ids, rescue, _ = sigterm_while_postsuper(w, tmp_path, "-d", 5)
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
-    wait_for(reached.exists, 60, "the delete to start")
-    proc.send_signal(signal.SIGTERM)
-    flag.unlink()
-    out, err = proc.communicate(timeout=60)
-
-    assert proc.returncode in (0, 130), err
-    assert '"summary"' in out
-    assert w.lab.queue_ids("hold") == []
     assert_each_sent_once_or_deferred(w, ids)  # none both at the smarthost and deferred
     again = rescue.run("flush", "--provider", "ionos", "--json")
     assert again.code == 0, again.stderr
