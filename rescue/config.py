@@ -22,6 +22,9 @@ from rescue.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/queue-rescue/config.toml")
 CONFIG_ENV = "QUEUE_RESCUE_CONFIG"
 DEFAULT_JOURNAL_PATH = Path("/var/lib/queue-rescue/journal.sqlite3")
+DEFAULT_JOURNAL_KEEP = 30 * 86400.0
+# The service's daily quotas and `status` count from the journal: keep at least a day.
+MIN_JOURNAL_KEEP = 86400.0
 
 TLS_MODES = ("starttls", "implicit", "none")
 REROUTE_MODES = ("manual", "auto")
@@ -61,6 +64,8 @@ class PostfixConfig:
 @dataclass(frozen=True, slots=True)
 class JournalConfig:
     path: Path = DEFAULT_JOURNAL_PATH
+    # Settled messages (deleted, released, skipped) are forgotten after this long.
+    keep: float = DEFAULT_JOURNAL_KEEP
 
     @property
     def lock_path(self) -> Path:
@@ -325,7 +330,10 @@ def _read_postfix(top: _Table) -> PostfixConfig:
 
 def _read_journal(top: _Table) -> JournalConfig:
     t = top.table("journal")
-    cfg = JournalConfig(path=t.get_path("path", DEFAULT_JOURNAL_PATH))
+    keep = t.get_duration("keep", DEFAULT_JOURNAL_KEEP)
+    if keep < MIN_JOURNAL_KEEP:
+        raise t.error("keep", "must be at least 1d (the service's daily quotas count from it)")
+    cfg = JournalConfig(path=t.get_path("path", DEFAULT_JOURNAL_PATH), keep=keep)
     t.finish()
     return cfg
 

@@ -208,7 +208,10 @@ class Journal:
 
     # --- runs ---------------------------------------------------------------------------
 
-    def begin_run(self, command: str, pid: int) -> int:
+    def begin_run(self, command: str, pid: int, *, keep: float | None = None) -> int:
+        """Record a run's start; with `keep` (seconds), first forget what is older."""
+        if keep is not None:
+            self.prune(time.time() - keep)
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs(command, pid, started) VALUES (?, ?, ?)",
@@ -216,6 +219,25 @@ class Journal:
             )
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
+
+    def prune(self, before: float) -> int:
+        """Forget settled messages, their events and ended runs last changed before `before`.
+
+        Messages in an open state stay whatever their age: recovery needs them. Returns
+        how many messages were forgotten.
+        """
+        final = ",".join("?" * len(FINAL_STATES))
+        with self._transaction() as db:
+            cur = db.execute(
+                f"DELETE FROM messages WHERE state IN ({final}) AND updated < ?",  # noqa: S608
+                (*sorted(FINAL_STATES), before),
+            )
+            db.execute(
+                "DELETE FROM events WHERE at < ? AND key NOT IN (SELECT key FROM messages)",
+                (before,),
+            )
+            db.execute("DELETE FROM runs WHERE ended IS NOT NULL AND ended < ?", (before,))
+        return cur.rowcount
 
     def end_run(self, summary: dict[str, int]) -> None:
         with self._transaction() as db:

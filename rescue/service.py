@@ -47,6 +47,9 @@ from rescue.srs import SrsRewriter
 
 log = logging.getLogger(__name__)
 
+# How often a long-running service forgets settled messages older than [journal] keep.
+PRUNE_EVERY = 3600.0
+
 # After SIGTERM, how long the abandoned cycle may take to give its messages back; below
 # the unit's TimeoutStopSec (30s), so systemd never has to kill us.
 STOP_DEADLINE = 20.0
@@ -193,7 +196,7 @@ class Service:
         watchdog = asyncio.create_task(self._watchdog(every)) if every else None
         journal = Journal(self._cfg.journal.path)
         try:
-            journal.begin_run("run", os.getpid())
+            journal.begin_run("run", os.getpid(), keep=self._cfg.journal.keep)
             self._log_start()
             await self._loop(journal)
             journal.end_run(dict(self.totals))
@@ -222,8 +225,12 @@ class Service:
 
     async def _loop(self, journal: Journal) -> None:
         ready = False
+        pruned = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
+            if started - pruned >= PRUNE_EVERY:
+                self._prune(journal)
+                pruned = started
             cycle = await self._guarded(journal)
             if self._stop.is_set():
                 break
@@ -235,6 +242,16 @@ class Service:
             await self._sleep(started + self._cfg.service.interval - time.monotonic())
             if self._reload_asked:
                 self._apply_reload()
+
+    def _prune(self, journal: Journal) -> None:
+        """Forget settled messages older than [journal] keep (also done at start)."""
+        try:
+            forgotten = journal.prune(time.time() - self._cfg.journal.keep)
+        except JournalError as exc:
+            log.error("journal: %s; pruning it again in an hour", exc)
+            return
+        if forgotten:
+            log.info("journal: forgot %d settled messages older than the keep time", forgotten)
 
     async def _sleep(self, seconds: float) -> None:
         """Until the next cycle is due, or a signal says otherwise."""

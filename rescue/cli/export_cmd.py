@@ -488,7 +488,7 @@ def export(
     with InstanceLock(cfg.journal.lock_path, "export"), InstanceLock(folder_lock, "export"):
         journal = Journal(cfg.journal.path)
         try:
-            journal.begin_run("export", os.getpid())
+            journal.begin_run("export", os.getpid(), keep=cfg.journal.keep)
             postfix = Postfix(cfg.postfix)
             report_recovery(recover(journal, postfix))
             selection = select(cfg, selectors)

@@ -372,7 +372,7 @@ def flush(
     with InstanceLock(journal_cfg.lock_path, "flush"):
         journal = Journal(journal_cfg.path)
         try:
-            journal.begin_run("flush", os.getpid())
+            journal.begin_run("flush", os.getpid(), keep=journal_cfg.keep)
             queue: MailQueue
             read_envelope: EnvelopeReader
             read_in_thread = False  # files of a copy or an export: read in place

@@ -194,3 +194,12 @@ def test_srs_commands_read_only_the_srs_table(tmp_path: Path) -> None:
         load_config(path)  # the whole file needs the password file
     srs = load_srs_config(path)  # the SRS server does not
     assert srs.domain == "srs.example.net"
+
+
+def test_journal_keep_is_a_duration_of_at_least_a_day(tmp_path: Path) -> None:
+    assert parse_config(tmp_path / "c.toml", base_config(tmp_path)).journal.keep == 30 * 86400
+    cfg = parse_config(tmp_path / "c.toml", base_config(tmp_path, extra='[journal]\nkeep = "7d"'))
+    assert cfg.journal.keep == 7 * 86400
+    err = error_of(tmp_path, base_config(tmp_path, extra='[journal]\nkeep = "6h"'))
+    assert err.key == "journal.keep"
+    assert "at least 1d" in err.problem
