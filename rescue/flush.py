@@ -21,13 +21,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from rescue import holding
+from rescue.aio import outcome_of
 from rescue.dispatch import Dispatcher
 from rescue.errors import DeliveryError, JournalError, PostfixError, QueueFileError, RescueError
 from rescue.journal import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
 from rescue.prefetch import Prefetcher
 from rescue.queue import MailQueue
-from rescue.smtp import Accepted
+from rescue.smtp import Accepted, AcceptedWhileCancelled
 from rescue.srs import SrsRewriter
 
 log = logging.getLogger(__name__)
@@ -58,23 +59,6 @@ async def _batched(selection: Sequence[Selected]) -> AsyncIterator[Sequence[Sele
     """A list as the batches a flush takes; oldest first, as given."""
     for start in range(0, len(selection), BATCH_SIZE):
         yield selection[start : start + BATCH_SIZE]
-
-
-async def _outcome_of(work: Awaitable[T]) -> tuple[T, bool]:
-    """(the result of `work`, whether this task was cancelled while waiting for it).
-
-    For work in a thread that cannot be stopped: a cancellation (also a second one)
-    waits for its result instead of losing it.
-    """
-    job = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            return await asyncio.shield(job), cancelled
-        except asyncio.CancelledError:
-            if job.cancelled():
-                raise
-            cancelled = True
 
 
 async def _chain(
@@ -333,12 +317,12 @@ class Flush:
             try:
                 # The feeder learns what a hold in progress did before it ends (see _take);
                 # waited for also through a second cancellation.
-                await _outcome_of(asyncio.gather(feeder, *workers, return_exceptions=True))
+                await outcome_of(asyncio.gather(feeder, *workers, return_exceptions=True))
             finally:
                 # Let the settler finish the batch it may be in the middle of (its
                 # postsuper runs in a thread; its result must not be lost).
                 stop.set()
-                await _outcome_of(asyncio.gather(settler, return_exceptions=True))
+                await outcome_of(asyncio.gather(settler, return_exceptions=True))
         if self._feed_error is not None:
             raise self._feed_error
 
@@ -380,7 +364,7 @@ class Flush:
         ids = [i.queue_id for i in items]
         # postsuper goes on in its thread also when the flush is cancelled meanwhile:
         # learn what it held all the same, so that it is released, not left on hold.
-        held_ids, cancelled = await _outcome_of(self._in_thread(self._queue.hold, ids))
+        held_ids, cancelled = await outcome_of(self._in_thread(self._queue.hold, ids))
         self._queue_held(items, held_ids)
         if cancelled:
             raise asyncio.CancelledError
@@ -488,6 +472,9 @@ class Flush:
             accepted = await self._dispatcher.deliver(
                 replace(envelope, sender=item.envelope_sender), item.envelope_sender, sending
             )
+        except AcceptedWhileCancelled as exc:  # delivered: deleted as the flush ends
+            self._took(item, exc.accepted)
+            raise
         except DeliveryError as exc:
             item.detail = str(exc)
             item.uncertain = exc.uncertain
@@ -538,14 +525,12 @@ class Flush:
         refused, self._refused = self._refused, []
         cancelled = False
         if accepted:
-            _, cancelled = await _outcome_of(self._in_thread(self._sync_journal))
-            deleted, stopped = await _outcome_of(
-                self._in_thread(self._queue_op, "delete", accepted)
-            )
+            _, cancelled = await outcome_of(self._in_thread(self._sync_journal))
+            deleted, stopped = await outcome_of(self._in_thread(self._queue_op, "delete", accepted))
             self._after_delete(accepted, deleted)
             cancelled = cancelled or stopped
         if refused:
-            released, stopped = await _outcome_of(
+            released, stopped = await outcome_of(
                 self._in_thread(self._queue_op, "release", refused)
             )
             self._after_release(refused, released)

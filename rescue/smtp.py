@@ -15,6 +15,7 @@ from typing import cast
 
 import aiosmtplib
 
+from rescue.aio import outcome_of
 from rescue.config import SmarthostConfig
 from rescue.errors import DeliveryError
 from rescue.model import Envelope
@@ -100,6 +101,18 @@ def smtp_path(address: str) -> str:
 class Accepted:
     smarthost: str
     reply: str
+
+
+class AcceptedWhileCancelled(asyncio.CancelledError):
+    """The task was cancelled after the final dot, and the smarthost then took the message.
+
+    A cancellation all the same, which carries what the caller must know: the message
+    is delivered, so it must be deleted, never given back to Postfix.
+    """
+
+    def __init__(self, accepted: Accepted) -> None:
+        super().__init__(f"cancelled; {accepted.smarthost} accepted it: {accepted.reply}")
+        self.accepted = accepted
 
 
 class Session:
@@ -344,7 +357,9 @@ class Session:
                 raise self._error(stage, Exception(reply.text), code=reply.code)
             stage = END_OF_DATA
             reader.write(data)
-            final = await reader.read(self.cfg.timeout)
+            # Once the final dot is out the smarthost may take the message: a cancellation
+            # now waits for its answer (within the timeout) so that it is not lost.
+            final, cancelled = await outcome_of(reader.read(self.cfg.timeout))
         except ReplyError as exc:
             reader.close()
             uncertain = stage == END_OF_DATA
@@ -354,6 +369,11 @@ class Session:
             raise self._error(
                 stage, Exception(detail), session=True, transient=True, uncertain=uncertain
             ) from exc
+        if cancelled:
+            if final.code == 250:
+                self.sent += 1
+                raise AcceptedWhileCancelled(Accepted(self.cfg.name, str(final)))
+            raise asyncio.CancelledError
         if final.code != 250:
             await self._reset()
             raise self._error(END_OF_DATA, Exception(final.text), code=final.code)

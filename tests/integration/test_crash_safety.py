@@ -219,6 +219,25 @@ def test_sigterm_while_deleting_never_gives_back_what_was_sent(w: World, tmp_pat
     assert w.lab.queue() == []
 
 
+def test_sigterm_after_the_final_dot_waits_for_the_answer(w: World) -> None:
+    # SIGTERM while the smarthost has the message but has not answered yet: giving it
+    # back to Postfix would deliver it twice. The flush waits for the 250 and deletes it.
+    submit(w, 1)
+    w.smarthost.script(Fault(stage="EOD", action="hang", seconds=2.0))
+    rescue = w.rescue("term-eod")
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    w.smarthost.wait_for(lambda: len(w.smarthost.received) == 1, 60, "the message's text")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert '"rerouted": 1' in out
+    assert len(w.smarthost.received) == 1
+    assert w.lab.queue() == []  # deleted, not given back
+    assert journal_states(rescue) == Counter({"deleted": 1})
+
+
 def test_a_second_instance_says_who_holds_the_lock(w: World) -> None:
     submit(w, 1)
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
