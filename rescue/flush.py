@@ -364,7 +364,16 @@ class Flush:
         ids = [i.queue_id for i in items]
         # postsuper goes on in its thread also when the flush is cancelled meanwhile:
         # learn what it held all the same, so that it is released, not left on hold.
-        held_ids, cancelled = await outcome_of(self._in_thread(self._queue.hold, ids))
+        try:
+            held_ids, cancelled = await outcome_of(self._in_thread(self._queue.hold, ids))
+        except RescueError as exc:
+            # postsuper failed (or timed out) part way: which messages it held is not
+            # known. Release them all as the flush ends; those not on hold stay deferred.
+            for item in items:
+                item.detail = f"the hold failed: {exc}"
+                self._open[item.queue_id] = item
+            self._refused.extend(items)
+            raise
         self._queue_held(items, held_ids)
         if cancelled:
             raise asyncio.CancelledError

@@ -204,3 +204,23 @@ def test_a_listing_that_fails_stops_the_feeding_not_the_sending(tmp_path: Path) 
     assert set(queue.where.values()) == {"gone"}
     states = journal.states(s.message.key for s in chosen)
     assert set(states.values()) == {DELETED}
+
+
+def test_a_hold_that_fails_part_way_is_given_back(tmp_path: Path) -> None:
+    chosen = [selected(n) for n in range(6)]
+
+    class HalfHold(FakeQueue):
+        def hold(self, queue_ids: Iterable[str]) -> set[str]:
+            ids = list(queue_ids)
+            super().hold(ids[:3])  # postsuper held three, then timed out
+            raise PostfixError("postsuper -h did not finish in 300s")
+
+    queue, smarthost = HalfHold(s.message.queue_id for s in chosen), FakeSmarthost()
+    run, outcomes, _ = flush(tmp_path, queue, smarthost)
+
+    with pytest.raises(PostfixError, match="did not finish"):
+        asyncio.run(run.run(chosen))
+
+    assert smarthost.sent == []
+    assert set(queue.where.values()) == {"deferred"}  # none left on hold
+    assert {o.action for o in outcomes} == {"released", "failed"}
