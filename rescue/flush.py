@@ -235,6 +235,7 @@ class Flush:
         # Those a smarthost accepted are known to the journal (already_sent).
         self._given_back: set[str] = set()
         self._feed_error: BaseException | None = None
+        self._stopping = False  # the flush is ending: no worker takes another message
 
     # --- planning (no change to the queue) --------------------------------------------
 
@@ -309,9 +310,16 @@ class Flush:
         settler = asyncio.create_task(self._settle_periodically(stop))
         feeder = asyncio.create_task(self._feed(batches))
         workers = [asyncio.create_task(self._worker()) for _ in range(self._dispatcher.concurrency)]
+        everything = asyncio.gather(feeder, *workers)
         try:
-            await asyncio.gather(feeder, *workers)
+            # Shielded: a cancelled gather would wait for its tasks before it says so,
+            # and a worker inside a wait that must not be cut short would go on to the
+            # next message meanwhile. This way the flush learns of it at once.
+            await asyncio.shield(everything)
         finally:
+            # No worker starts another message, also one whose cancellation was taken
+            # up by a wait that must not be cut short (see rescue.aio.outcome_of).
+            self._stopping = True
             for task in (feeder, *workers):
                 task.cancel()
             try:
@@ -323,6 +331,8 @@ class Flush:
                 # postsuper runs in a thread; its result must not be lost).
                 stop.set()
                 await outcome_of(asyncio.gather(settler, return_exceptions=True))
+                if everything.done() and not everything.cancelled():
+                    everything.exception()  # seen (it was raised above, if any)
         if self._feed_error is not None:
             raise self._feed_error
 
@@ -392,7 +402,7 @@ class Flush:
 
     async def _worker(self) -> None:
         todo = self._todo
-        while True:
+        while not self._stopping:
             while not todo and not self._fed:
                 self._arrived.clear()
                 await self._arrived.wait()

@@ -238,6 +238,37 @@ def test_sigterm_after_the_final_dot_waits_for_the_answer(w: World) -> None:
     assert journal_states(rescue) == Counter({"deleted": 1})
 
 
+def test_sigterm_then_no_answer_after_the_dot_sends_nothing_more(w: World) -> None:
+    # The answer to the final dot never comes: after SIGTERM the flush waits out the
+    # timeout, gives the message back marked as maybe sent, and starts no other message.
+    ids = submit(w, 4)
+    w.smarthost.script(Fault(stage="EOD", action="hang"))
+    rescue = w.rescue(
+        "term-eod-silent",
+        smarthosts=[
+            {
+                "name": "relay1",
+                "host": "127.0.0.1",
+                "port": w.smarthost.port,
+                "tls": "none",
+                "max_connections": 1,
+                "timeout": "2s",
+            },
+        ],
+    )
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    w.smarthost.wait_for(lambda: len(w.smarthost.received) == 1, 60, "the first message's text")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert '"uncertain": 1' in out
+    assert len(w.smarthost.received) == 1, (out, err)  # nothing more sent after the signal
+    assert w.lab.queue_ids("hold") == []
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+
+
 def test_a_second_instance_says_who_holds_the_lock(w: World) -> None:
     submit(w, 1)
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
