@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,20 @@ def submit(w: World, n: int) -> list[str]:
     )
     w.lab.wait_deferred(n)
     return ids
+
+
+def one_session(w: World, *, timeout: str) -> list[dict[str, Any]]:
+    """The smarthost, one session at a time, with this client timeout."""
+    return [
+        {
+            "name": "relay1",
+            "host": "127.0.0.1",
+            "port": w.smarthost.port,
+            "tls": "none",
+            "max_connections": 1,
+            "timeout": timeout,
+        }
+    ]
 
 
 def kill_hard(proc: subprocess.Popen[str]) -> None:
@@ -125,16 +140,7 @@ def test_sigkill_while_the_smarthost_answers_slowly(w: World) -> None:
     w.smarthost.script(Fault(stage="DATA", action="hang", times=1))
     rescue = w.rescue(
         "kill-slow",
-        smarthosts=[
-            {
-                "name": "relay1",
-                "host": "127.0.0.1",
-                "port": w.smarthost.port,
-                "tls": "none",
-                "max_connections": 1,
-                "timeout": "60s",
-            },
-        ],
+        smarthosts=one_session(w, timeout="60s"),
     )
 
     proc = rescue.popen("flush", "--provider", "ionos")
@@ -245,16 +251,7 @@ def test_sigterm_then_no_answer_after_the_dot_sends_nothing_more(w: World) -> No
     w.smarthost.script(Fault(stage="EOD", action="hang"))
     rescue = w.rescue(
         "term-eod-silent",
-        smarthosts=[
-            {
-                "name": "relay1",
-                "host": "127.0.0.1",
-                "port": w.smarthost.port,
-                "tls": "none",
-                "max_connections": 1,
-                "timeout": "2s",
-            },
-        ],
+        smarthosts=one_session(w, timeout="2s"),
     )
 
     proc = rescue.popen("flush", "--provider", "ionos", "--json")
