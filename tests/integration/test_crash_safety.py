@@ -225,6 +225,16 @@ def test_sigterm_while_deleting_never_gives_back_what_was_sent(w: World, tmp_pat
     assert w.lab.queue() == []
 
 
+def sigterm_once_the_smarthost_has_the_text(w: World, rescue: Rescue) -> tuple[str, str]:
+    """Flush; SIGTERM once the smarthost has a message's text; (stdout, stderr) of exit 130."""
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    w.smarthost.wait_for(lambda: len(w.smarthost.received) == 1, 60, "a message's text")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    return out, err
+
+
 def test_sigterm_after_the_final_dot_waits_for_the_answer(w: World) -> None:
     # SIGTERM while the smarthost has the message but has not answered yet: giving it
     # back to Postfix would deliver it twice. The flush waits for the 250 and deletes it.
@@ -232,12 +242,8 @@ def test_sigterm_after_the_final_dot_waits_for_the_answer(w: World) -> None:
     w.smarthost.script(Fault(stage="EOD", action="hang", seconds=2.0))
     rescue = w.rescue("term-eod")
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
-    w.smarthost.wait_for(lambda: len(w.smarthost.received) == 1, 60, "the message's text")
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, _ = sigterm_once_the_smarthost_has_the_text(w, rescue)
 
-    assert proc.returncode == 130, err
     assert '"rerouted": 1' in out
     assert len(w.smarthost.received) == 1
     assert w.lab.queue() == []  # deleted, not given back
@@ -249,17 +255,10 @@ def test_sigterm_then_no_answer_after_the_dot_sends_nothing_more(w: World) -> No
     # timeout, gives the message back marked as maybe sent, and starts no other message.
     ids = submit(w, 4)
     w.smarthost.script(Fault(stage="EOD", action="hang"))
-    rescue = w.rescue(
-        "term-eod-silent",
-        smarthosts=one_session(w, timeout="2s"),
-    )
+    rescue = w.rescue("term-eod-silent", smarthosts=one_session(w, timeout="2s"))
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
-    w.smarthost.wait_for(lambda: len(w.smarthost.received) == 1, 60, "the first message's text")
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = sigterm_once_the_smarthost_has_the_text(w, rescue)
 
-    assert proc.returncode == 130, err
     assert '"uncertain": 1' in out
     assert len(w.smarthost.received) == 1, (out, err)  # nothing more sent after the signal
     assert w.lab.queue_ids("hold") == []
