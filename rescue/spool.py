@@ -196,6 +196,9 @@ class SpoolQueue:
         """Every message file, each queue id once; unusable files come as BadFile."""
         logs = {path.name: path for path in _regular_files(self.root / DEFER_LOGS)}
         self._where.clear()
+        # The listing's own record of what it listed: `_where` (where each file is now)
+        # also changes while a flush holds, releases and re-indexes part way through.
+        listed: dict[str, PurePosixPath] = {}
         for rel in self._message_files():
             queue_id = rel.name
             path = self.root / rel
@@ -206,8 +209,10 @@ class SpoolQueue:
             if not valid_queue_id(queue_id):
                 yield bad_file(path, "not a queue file (the name is not a queue id)")
                 continue
-            if queue_id in self._where:
-                seen = self.root / self._where[queue_id]
+            if queue_id in listed:
+                if self._where.get(queue_id) == rel:
+                    continue  # listed already, and moved here since (held, then released)
+                seen = self.root / listed[queue_id]
                 yield bad_file(path, f"same queue id as {seen}; skipped", queue_id)
                 continue
             problem = self._unusable(path, rel)
@@ -222,7 +227,7 @@ class SpoolQueue:
             except OSError as exc:
                 yield bad_file(path, f"cannot read: {exc.strerror or exc}", queue_id)
                 continue
-            self._where[queue_id] = rel
+            self._where[queue_id] = listed[queue_id] = rel
             entries: dict[str, DeferEntry] = {}
             if queue_name != HOLD_QUEUE and queue_id in logs:
                 try:

@@ -294,3 +294,21 @@ def test_damaged_files_are_listed_or_reported_never_raised(
         assert second.path == str(tmp_path / f"deferred/{IDS[1]}") and second.problem
     else:
         assert isinstance(second, QueuedMessage) and second.queue_id == IDS[1]
+
+
+def test_a_flush_moving_files_part_way_through_the_listing_loses_none(spool: Path) -> None:
+    # A streaming flush holds and releases (and may re-index) while the listing goes on:
+    # every message is still listed once, and none is taken for a duplicate.
+    queue = SpoolQueue(spool)
+    listing = queue.listing()
+    first = next(listing)
+    assert isinstance(first, QueuedMessage)
+    assert queue.hold([first.queue_id]) == {first.queue_id}
+    queue._index()  # as a hold or release does when a file is not where it was
+    assert queue.release([first.queue_id]) == {first.queue_id}
+
+    rest = list(listing)
+
+    assert [b for b in rest if isinstance(b, BadLine)] == []
+    names = [first.queue_id, *(m.queue_id for m in rest if isinstance(m, QueuedMessage))]
+    assert sorted(names) == sorted(IDS[:4])
