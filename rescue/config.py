@@ -521,14 +521,9 @@ def load_srs_config(path: Path) -> SrsConfig:
     The SRS server handles mail from strangers; it should not hold the smarthosts'
     passwords, nor fail because their files are not among its credentials.
     """
+    text = _read_text(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            path, None, "no such file (use --config or $QUEUE_RESCUE_CONFIG)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, None, f"cannot read: {exc}") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
     return _read_srs(_Table(path, "", data))
@@ -543,12 +538,16 @@ def config_path(explicit: str | os.PathLike[str] | None) -> Path:
 
 
 def load_config(path: Path) -> Config:
+    return parse_config(path, _read_text(path))
+
+
+def _read_text(path: Path) -> str:
+    """The configuration file's text, or a ConfigError that says why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             path, None, "no such file (use --config or $QUEUE_RESCUE_CONFIG)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"cannot read: {exc}") from None
-    return parse_config(path, text)

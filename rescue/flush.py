@@ -17,7 +17,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from rescue import holding
@@ -30,6 +30,7 @@ from rescue.prefetch import Prefetcher
 from rescue.queue import MailQueue
 from rescue.smtp import Accepted, AcceptedWhileCancelled
 from rescue.srs import SrsRewriter
+from rescue.tally import Tally
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,32 +93,21 @@ class Outcome:
 
 
 @dataclass
-class Summary:
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
+class Summary(Tally):
+    actions = ACTIONS
+    done = (REROUTED, WOULD_REROUTE)
+
     uncertain: int = 0
-    started: float = field(default_factory=time.monotonic)
-    elapsed: float = 0.0
 
     def add(self, outcome: Outcome) -> None:
-        self.counts[outcome.action] += 1
+        self.count(outcome.action)
         self.uncertain += outcome.uncertain
-
-    @property
-    def selected(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def complete(self) -> bool:
-        """True when every selected message was rerouted (or would be)."""
-        return self.selected == self.counts[REROUTED] + self.counts[WOULD_REROUTE]
 
     def as_dict(self) -> dict[str, object]:
         rate = self.counts[REROUTED] / self.elapsed if self.elapsed > 0 else 0.0
         return {
-            "selected": self.selected,
-            **{k.replace("-", "_"): v for k, v in self.counts.items()},
+            **super().as_dict(),
             "uncertain": self.uncertain,
-            "elapsed_seconds": round(self.elapsed, 3),
             "messages_per_second": round(rate, 1),
         }
 

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -24,8 +24,9 @@ import click
 
 from rescue import holding
 from rescue.cli.common import fail, is_terminal, load_config
-from rescue.cli.flush_cmd import FOLDER, report_recovery, select, selectors_from
+from rescue.cli.flush_cmd import FOLDER, report_recovery, select
 from rescue.cli.output import age, console, json_line, print_table, show_sender
+from rescue.cli.selectors import selector_options
 from rescue.config import JournalConfig
 from rescue.errors import PostfixError, QueueFileError, RescueError
 from rescue.exitcodes import ExitCode
@@ -45,7 +46,9 @@ from rescue.postfix.commands import Postfix
 from rescue.postfix.reader import HeldMessageReader
 from rescue.queue import MailQueue
 from rescue.recovery import recover
+from rescue.select import Selectors
 from rescue.spool import fsync_dir
+from rescue.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -75,29 +78,12 @@ class ExportOutcome:
     detail: str = ""
 
 
-@dataclass
-class ExportSummary:
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
-    started: float = field(default_factory=time.monotonic)
-    elapsed: float = 0.0
+class ExportSummary(Tally):
+    actions = ACTIONS
+    done = (EXPORTED, WOULD_EXPORT)
 
     def add(self, outcome: ExportOutcome) -> None:
-        self.counts[outcome.action] += 1
-
-    @property
-    def selected(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def complete(self) -> bool:
-        return self.selected == self.counts[EXPORTED] + self.counts[WOULD_EXPORT]
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "selected": self.selected,
-            **{k.replace("-", "_"): v for k, v in self.counts.items()},
-            "elapsed_seconds": round(self.elapsed, 3),
-        }
+        self.count(outcome.action)
 
 
 @dataclass(slots=True)
@@ -411,21 +397,7 @@ def confirm(selection: list[Selected], folder: Path, keep: bool) -> bool:
 
 @click.command()
 @click.option("--to", "folder", type=FOLDER, required=True, metavar="DIR", help="Export here.")
-@click.option(
-    "--provider", "-p", multiple=True, metavar="NAME", help="Mail to this provider (repeatable)."
-)
-@click.option("--queue-id", "-q", multiple=True, metavar="ID", help="This queue id (repeatable).")
-@click.option(
-    "--domain", "-d", multiple=True, metavar="DOMAIN", help="Mail to this domain (repeatable)."
-)
-@click.option("--older-than", metavar="AGE", help="Only mail queued longer than AGE (30m, 2h, 1d).")
-@click.option("--reason", metavar="REGEX", help="Only recipients whose delay reason matches.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), metavar="N", help="At most N messages, oldest first."
-)
-@click.option(
-    "--all", "select_all", is_flag=True, help="Every deferred message its provider says to move."
-)
+@selector_options("move")
 @click.option("--keep", is_flag=True, help="Leave exported messages on hold in Postfix.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be exported; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -436,13 +408,7 @@ def confirm(selection: list[Selected], folder: Path, keep: bool) -> bool:
 def export(
     ctx: click.Context,
     folder: Path,
-    provider: tuple[str, ...],
-    queue_id: tuple[str, ...],
-    domain: tuple[str, ...],
-    older_than: str | None,
-    reason: str | None,
-    limit: int | None,
-    select_all: bool,
+    selectors: Selectors,
     keep: bool,
     dry_run: bool,
     yes: bool,
@@ -460,7 +426,6 @@ def export(
       queue-rescue export --to /srv/rescued-mail --provider ionos --dry-run
       queue-rescue export --to /srv/rescued-mail --provider ionos --yes --json
     """
-    selectors = selectors_from(provider, queue_id, domain, older_than, reason, limit, select_all)
     if selectors.empty:
         raise click.UsageError(
             "say which mail to export: --provider, --queue-id, --domain, --older-than, "

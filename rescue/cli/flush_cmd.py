@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,11 +22,11 @@ from rescue.cli.common import (
     fail,
     is_terminal,
     load_config,
-    parse_duration,
     run_async,
 )
 from rescue.cli.flush_report import FlushReporter
 from rescue.cli.queueview import QueueReader
+from rescue.cli.selectors import selector_options
 from rescue.config import Config, JournalConfig
 from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode
@@ -54,30 +53,6 @@ log = logging.getLogger(__name__)
 # A flush reads the queue's listing this many entries at a time: it holds and sends
 # them while it reads on, so memory holds a few parts, not the queue.
 LISTING_PART = 500
-
-
-def selectors_from(
-    provider: tuple[str, ...],
-    queue_id: tuple[str, ...],
-    domain: tuple[str, ...],
-    older_than: str | None,
-    reason: str | None,
-    limit: int | None,
-    select_all: bool,
-) -> Selectors:
-    try:
-        reason_re = re.compile(reason, re.IGNORECASE) if reason else None
-    except re.error as exc:
-        raise click.BadParameter(f"not a valid regex: {exc}", param_hint="--reason") from None
-    return Selectors(
-        providers=frozenset(p.lower() for p in provider),
-        queue_ids=frozenset(queue_id),
-        domains=frozenset(d.lower().lstrip("@") for d in domain),
-        older_than=parse_duration(older_than) if older_than else None,
-        reason=reason_re,
-        limit=limit,
-        all=select_all,
-    )
 
 
 def whole(message: QueuedMessage, classes: Sequence[Classification]) -> Selected | None:
@@ -269,38 +244,7 @@ FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
 @click.command()
-@click.option(
-    "--provider",
-    "-p",
-    multiple=True,
-    metavar="NAME",
-    help="Messages with a recipient at this provider (repeatable).",
-)
-@click.option(
-    "--queue-id",
-    "-q",
-    multiple=True,
-    metavar="ID",
-    help="This queue id, whatever its provider (repeatable).",
-)
-@click.option(
-    "--domain",
-    "-d",
-    multiple=True,
-    metavar="DOMAIN",
-    help="Messages with a recipient in this domain (repeatable).",
-)
-@click.option("--older-than", metavar="AGE", help="Only mail queued longer than AGE (30m, 2h, 1d).")
-@click.option("--reason", metavar="REGEX", help="Only recipients whose delay reason matches.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), metavar="N", help="At most N messages, oldest first."
-)
-@click.option(
-    "--all",
-    "select_all",
-    is_flag=True,
-    help="Every deferred message a provider's reasons say to reroute.",
-)
+@selector_options("reroute")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be rerouted; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -322,13 +266,7 @@ FOLDER = click.Path(file_okay=False, path_type=Path)
 @click.pass_context
 def flush(
     ctx: click.Context,
-    provider: tuple[str, ...],
-    queue_id: tuple[str, ...],
-    domain: tuple[str, ...],
-    older_than: str | None,
-    reason: str | None,
-    limit: int | None,
-    select_all: bool,
+    selectors: Selectors,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -355,7 +293,6 @@ def flush(
       queue-rescue flush --spool /mnt/oldhost/var/spool/postfix --provider ionos
       queue-rescue flush --from /srv/rescued-mail --yes
     """
-    selectors = selectors_from(provider, queue_id, domain, older_than, reason, limit, select_all)
     everything = from_dir is not None and selectors.empty
     if selectors.empty and not everything:
         raise click.UsageError(
