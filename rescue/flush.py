@@ -12,6 +12,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -153,13 +154,13 @@ def _outcome(item: _Item, action: str) -> Outcome:
 
 
 def plan(
-    selection: Sequence[Selected], srs: SrsRewriter, primary: str
+    selection: Sequence[Selected], forward: Callable[[str], str], primary: str
 ) -> tuple[list[_Item], list[_Item]]:
-    """Rewrite each sender with SRS: (ready to send, cannot be rewritten)."""
+    """Rewrite each sender with SRS (`forward`): (ready to send, cannot be rewritten)."""
     ready, broken = [], []
     for selected in selection:
         try:
-            sender = srs.forward(selected.message.sender)
+            sender = forward(selected.message.sender)
         except RescueError as exc:
             broken.append(_Item(selected, "", detail=f"cannot rewrite sender: {exc}"))
             continue
@@ -172,7 +173,7 @@ def dry_run(
 ) -> Summary:
     """What a flush would do, message by message; changes nothing (not even a hold)."""
     summary = Summary()
-    ready, broken = plan(selection, srs, primary)
+    ready, broken = plan(selection, functools.cache(srs.forward), primary)
     for item, action in [(i, FAILED) for i in broken] + [(i, WOULD_REROUTE) for i in ready]:
         outcome = _outcome(item, action)
         summary.add(outcome)
@@ -240,7 +241,8 @@ class Flush:
             self._report_failed = True
 
     def _plan(self, selection: Sequence[Selected]) -> list[_Item]:
-        ready, broken = plan(selection, self._srs, self._primary)
+        # The run's cache: a backlog has many messages from few senders.
+        ready, broken = plan(selection, self._forward, self._primary)
         for item in broken:
             log.error("%s: %s; left in Postfix", item.queue_id, item.detail)
             self._report(item, FAILED)

@@ -259,42 +259,37 @@ def test_untrusted_certificate_is_refused_and_trusted_with_ca_file() -> None:
         assert server.received[0].tls
 
 
-def test_implicit_tls_and_auth() -> None:
+def deliver_with_auth(tls: str, password: str) -> tuple[RecordingSmarthost, object, list[str]]:
+    """One delivery to a smarthost over `tls` that wants user rescue, password right-pw."""
     certs = default_certs()
-    with RecordingSmarthost(
-        implicit_tls=True, certs=certs, require_auth=("rescue", "right-pw")
-    ) as server:
+    mode = {"implicit_tls": True} if tls == "implicit" else {"starttls": True}
+    with RecordingSmarthost(**mode, certs=certs, require_auth=("rescue", "right-pw")) as server:
         cfg = host(
             "relay1",
             server.port,
-            tls="implicit",
+            tls=tls,
             ca_file=certs.ca_file,
             username="rescue",
-            password=Secret("right-pw"),
+            password=Secret(password),
         )
-        result, _ = deliver([cfg], envelope())
-        assert isinstance(result, Accepted)
-        assert server.received[0].auth_user == "rescue"
+        result, attempts = deliver([cfg], envelope())
+    return server, result, attempts
+
+
+def test_implicit_tls_and_auth() -> None:
+    server, result, _ = deliver_with_auth("implicit", "right-pw")
+
+    assert isinstance(result, Accepted)
+    assert server.received[0].auth_user == "rescue"
 
 
 def test_auth_refused_is_permanent() -> None:
-    certs = default_certs()
-    with RecordingSmarthost(
-        starttls=True, certs=certs, require_auth=("rescue", "right-pw")
-    ) as server:
-        cfg = host(
-            "relay1",
-            server.port,
-            tls="starttls",
-            ca_file=certs.ca_file,
-            username="rescue",
-            password=Secret("wrong-pw"),
-        )
-        result, attempts = deliver([cfg], envelope())
-        assert isinstance(result, DeliveryError) and not result.transient
-        assert result.stage == "AUTH" and result.code == 535
-        assert attempts == ["relay1"]
-        assert "wrong-pw" not in str(result)
+    _, result, attempts = deliver_with_auth("starttls", "wrong-pw")
+
+    assert isinstance(result, DeliveryError) and not result.transient
+    assert result.stage == "AUTH" and result.code == 535
+    assert attempts == ["relay1"]
+    assert "wrong-pw" not in str(result)
 
 
 def test_message_over_the_smarthosts_size_is_refused_before_sending() -> None:

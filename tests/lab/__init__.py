@@ -9,11 +9,35 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from types import TracebackType
+from typing import Self
 
 # First and longest pause between two looks at a condition: quick to notice a fast change,
 # cheap when a condition takes seconds (a 10,000 message queue listing takes a while).
 _FIRST_POLL = 0.01
 _LONGEST_POLL = 0.25
+
+
+class Running:
+    """A lab server as a context manager: start() on entry, stop() on exit."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class LabTimeout(TimeoutError):

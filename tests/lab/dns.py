@@ -9,7 +9,6 @@ import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal, Self
 
 import dns.exception
@@ -22,7 +21,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
-from tests.lab import recv_exactly
+from tests.lab import Running, recv_exactly
 
 Failure = Literal["servfail", "nxdomain", "timeout"]
 FAILURES: tuple[Failure, ...] = ("servfail", "nxdomain", "timeout")
@@ -44,7 +43,7 @@ def _key(name: str) -> str:
     return name.lower().rstrip(".")
 
 
-class DnsServer:
+class DnsServer(Running):
     """Authoritative-looking answers for MX and A records; names can be made to fail.
 
     `queries` counts questions per (name, type), e.g. queries[("kunde1.test", "MX")].
@@ -180,17 +179,6 @@ class DnsServer:
             thread.join(timeout=10)
         self._servers, self._threads = [], []
         self._stopping = threading.Event()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _add(

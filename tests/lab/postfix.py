@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from tests.lab import LabTimeout, wait_for
+from tests.lab import LabTimeout, Running, wait_for
 
 SYSTEM_MASTER_CF = Path("/etc/postfix/master.cf")
 # Longer than any test or benchmark run, so Postfix never retries deferred mail by itself;
@@ -194,7 +193,7 @@ def lab_master_cf(system_text: str, smtpd_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-class PostfixLab:
+class PostfixLab(Running):
     """A Postfix instance living entirely under `root`, listening on a loopback port.
 
     `transports` maps a domain to a next hop such as "smtp:[127.0.0.1]:2525"; `settings`
@@ -300,18 +299,6 @@ class PostfixLab:
             self._transports, self._settings = dict(transports), dict(settings)
             self._write_config()
             self.reload()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- putting mail in ---------------------------------------------------------------
 

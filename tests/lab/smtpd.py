@@ -15,12 +15,11 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.lab import wait_for
+from tests.lab import Running, wait_for
 from tests.lab.certs import LabCerts, default_certs
 
 Stage = Literal["GREETING", "EHLO", "MAIL", "RCPT", "DATA", "BODY", "EOD"]
@@ -526,7 +525,7 @@ class _ServerThread:
         await self._server.wait_closed()
 
 
-class RecordingSmarthost:
+class RecordingSmarthost(Running):
     """An SMTP server on 127.0.0.1 that records what it accepts and fails as scripted.
 
     TLS: `starttls` offers STARTTLS, `implicit_tls` speaks TLS from the first byte, both
@@ -597,17 +596,6 @@ class RecordingSmarthost:
     def stop(self) -> None:
         self._thread.stop()
         self._port = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
