@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +136,10 @@ class Run:
 class Journal:
     """SQLite in WAL mode; every state change is its own committed transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        # Every time the journal writes (state changes, runs, pruning) comes from here.
+        self._clock = clock
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
@@ -211,11 +213,11 @@ class Journal:
     def begin_run(self, command: str, pid: int, *, keep: float | None = None) -> int:
         """Record a run's start; with `keep` (seconds), first forget what is older."""
         if keep is not None:
-            self.prune(time.time() - keep)
+            self.prune(self._clock() - keep)
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs(command, pid, started) VALUES (?, ?, ?)",
-                (command, pid, time.time()),
+                (command, pid, self._clock()),
             )
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
@@ -243,7 +245,7 @@ class Journal:
         with self._transaction() as db:
             db.execute(
                 "UPDATE runs SET ended = ?, summary = ? WHERE run_id = ?",
-                (time.time(), json.dumps(summary), self.run_id),
+                (self._clock(), json.dumps(summary), self.run_id),
             )
 
     # --- message states -----------------------------------------------------------------
@@ -261,7 +263,7 @@ class Journal:
         detail: str | None = None,
     ) -> None:
         """Move messages (key, queue_id) to `state` in one transaction."""
-        now = time.time()
+        now = self._clock()
         rcpts = json.dumps(list(recipients)) if recipients is not None else None
         rows = list(items)
         if not rows:
@@ -285,7 +287,7 @@ class Journal:
 
     def start(self, rows: Iterable[tuple[tuple[str, str], str | None, str, list[str]]]) -> None:
         """Record messages about to be held: ((key, queue_id), provider, sender, recipients)."""
-        now = time.time()
+        now = self._clock()
         values = [
             (key, qid, self.run_id, HOLDING, provider, sender, json.dumps(rcpts), now)
             for (key, qid), provider, sender, rcpts in rows

@@ -111,13 +111,14 @@ class SrsRewriter:
         self._srs = srslib.SRS(self._secrets[0], hash_length=hash_length)
 
     @classmethod
-    def from_config(cls, cfg: SrsConfig) -> SrsRewriter:
+    def from_config(cls, cfg: SrsConfig, *, clock: Callable[[], float] = time.time) -> SrsRewriter:
         return cls(
             domain=cfg.domain,
             secrets=[secret.value for secret in cfg.secrets],
             exclude_domains=cfg.exclude_domains,
             hash_length=cfg.hash_length,
             max_age_days=cfg.max_age_days,
+            clock=clock,
         )
 
     def __repr__(self) -> str:

@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SKIPPED, Journal
 
 DAY = 86400.0
+# One fixed "now" for the journal's clock and for every age the test sets: the test
+# means the same thing on any date it runs.
+NOW = 1_900_000_000.0
+
+
+def clock() -> float:
+    return NOW
 
 
 def journal_with(tmp_path: Path, states: dict[str, tuple[str, float]]) -> Journal:
     """A journal whose message KEY is in STATE since AGE seconds, for each entry,
     after a run that ended 40 days ago."""
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = Journal(tmp_path / "journal.sqlite3", clock=clock)
     journal.begin_run("flush", 1)
     journal.end_run({})
     with sqlite3.connect(journal.path) as db:
-        db.execute("UPDATE runs SET started = ?, ended = ?", (time.time() - 41 * DAY,) * 2)
+        db.execute("UPDATE runs SET started = ?, ended = ?", (NOW - 41 * DAY,) * 2)
     journal.begin_run("flush", 2)
     for key, (state, age) in states.items():
         journal.record([(key, key.split(":")[0])], state)
         with sqlite3.connect(journal.path) as db:
             # As if written back then: the update trigger writes the one event, aged.
             db.execute("DELETE FROM events WHERE key = ?", (key,))
-            db.execute("UPDATE messages SET updated = ? WHERE key = ?", (time.time() - age, key))
+            db.execute("UPDATE messages SET updated = ? WHERE key = ?", (NOW - age, key))
     return journal
 
 
@@ -42,7 +48,7 @@ def test_prune_forgets_old_settled_messages_and_keeps_the_rest(tmp_path: Path) -
         },
     )
 
-    assert journal.prune(time.time() - 30 * DAY) == 3
+    assert journal.prune(NOW - 30 * DAY) == 3
 
     keys = ["OLD1:1:1", "OLD2:1:1", "OLD3:1:1", "OPEN1:1:1", "OPEN2:1:1", "NEW1:1:1"]
     left = journal.states(keys)
@@ -58,7 +64,7 @@ def test_a_run_prunes_when_it_begins(tmp_path: Path) -> None:
     journal = journal_with(tmp_path, {"OLD1:1:1": (DELETED, 40 * DAY)})
     journal.close()
 
-    again = Journal(tmp_path / "journal.sqlite3")
+    again = Journal(tmp_path / "journal.sqlite3", clock=clock)
     again.begin_run("flush", 2, keep=30 * DAY)
 
     assert again.states(["OLD1:1:1"]) == {}

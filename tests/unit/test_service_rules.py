@@ -255,27 +255,32 @@ def sent(journal: Journal, key: str, smarthost: str) -> None:
 
 
 def test_quota_counts_survive_a_restart(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
+    clock = [NOW - 7200]  # two hours before the test's "now"
+    journal = Journal(tmp_path / "journal.sqlite3", clock=lambda: clock[0])
     journal.begin_run("run", 1)
+    sent(journal, "OLD:1:1", "relay1")
+    clock[0] = NOW
     sent(journal, "A:1:1", "relay1")
     sent(journal, "B:1:1", "relay1")
     sent(journal, "C:1:1", "relay2")
     journal.close()
-    again = Journal(tmp_path / "journal.sqlite3")
-    assert again.accepted_since(0) == {"relay1": 2, "relay2": 1}
-    assert again.accepted_since(2**40) == {}
+    again = Journal(tmp_path / "journal.sqlite3", clock=lambda: NOW)
+    assert again.accepted_since(NOW - 3600) == {"relay1": 2, "relay2": 1}  # the last hour
+    assert again.accepted_since(NOW - 86400) == {"relay1": 3, "relay2": 1}  # the last day
+    assert again.accepted_since(NOW + 1) == {}
 
 
 def test_release_reasons_and_history(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = Journal(tmp_path / "journal.sqlite3", clock=lambda: NOW)
     journal.begin_run("run", 1)
     sent(journal, "A:1:1", "relay1")
     item = [("B:1:1", "B")]
     journal.start([(item[0], "ionos", "a@example.com", ["c@kunde2.test"])])
     journal.record(item, SENDING, smarthost="relay1")
     journal.record(item, RELEASED, detail="relay1 refused at MAIL: 550 no")
-    assert journal.released_since(0) == {"B:1:1"}
-    events = journal.history(0, [ACCEPTED, RELEASED])
+    assert journal.released_since(NOW) == {"B:1:1"}
+    assert journal.released_since(NOW + 1) == set()
+    events = journal.history(NOW, [ACCEPTED, RELEASED])
     assert [(e.queue_id, e.state) for e in events] == [("A", ACCEPTED), ("B", RELEASED)]
     assert events[0].reply == "250 ok" and events[0].command == "run"
     assert events[1].detail == "relay1 refused at MAIL: 550 no"

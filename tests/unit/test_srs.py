@@ -9,8 +9,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from rescue import config
 from rescue.errors import SrsError
-from rescue.srs import SECONDS_PER_DAY, SrsRewriter
+from rescue.srs import SECONDS_PER_DAY, TIMESTAMP_SLOTS, SrsRewriter
 
 SECRET = "first-secret-0123456789abcdef"
 OLD_SECRET = "older-secret-fedcba9876543210"
@@ -208,6 +209,34 @@ def test_timestamps_wrap_after_1024_days() -> None:
     assert srs.reverse(address) == "alice@example.com"
 
 
+# The day numbers around the next two wraps of the 10-bit day counter after NOW's day
+# (day 21,504 is 2028-11-16, day 22,528 is 2031-09-06), and any other day.
+WRAP_DAYS = (21_504, 22_528)
+
+
+@given(
+    st.one_of(
+        st.sampled_from([d + off for d in WRAP_DAYS for off in range(-30, 2)]),
+        st.integers(min_value=0, max_value=60_000),
+    ),
+    st.integers(min_value=0, max_value=TIMESTAMP_SLOTS - 1),
+)
+@example(21_503, 1)
+@example(21_503, 21)
+@example(21_503, 22)
+@example(21_490, 1023)
+def test_expiry_counts_days_across_the_wrap(signed_on: int, age: int) -> None:
+    clock = Clock(signed_on * SECONDS_PER_DAY + 23 * 3600)
+    srs = rewriter(clock=clock)
+    address = srs.forward("alice@example.com")
+    clock.advance_days(age)
+    if age <= 21:
+        assert srs.reverse(address) == "alice@example.com"
+    else:
+        with pytest.raises(SrsError, match=f"expired \\({age} days old"):
+            srs.reverse(address)
+
+
 def test_srs1_does_not_expire() -> None:
     clock = Clock()
     srs = rewriter(clock=clock)
@@ -336,7 +365,6 @@ def test_secrets_stay_out_of_messages_and_repr() -> None:
 
 
 def test_from_config(tmp_path: Path) -> None:
-    config = pytest.importorskip("rescue.config")
     cfg = config.SrsConfig(
         domain=DOMAIN,
         secret_file=tmp_path / "secrets",
@@ -345,11 +373,13 @@ def test_from_config(tmp_path: Path) -> None:
         hash_length=6,
         max_age_days=10,
     )
-    srs = SrsRewriter.from_config(cfg)
+    srs = SrsRewriter.from_config(cfg, clock=Clock())
     assert srs.forward("a@partner.test") == "a@partner.test"
     signed = srs.forward("alice@example.com")
     assert re.match(r"SRS0=[^=]{6}=", signed)
     assert rewriter(secrets=(SECRET,), hash_length=6).reverse(signed) == "alice@example.com"
+    # The same config with the same clock: it signs and reverses one way.
+    assert srs.reverse(signed) == "alice@example.com"
 
 
 # --- properties ---------------------------------------------------------------------------
