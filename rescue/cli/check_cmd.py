@@ -15,8 +15,8 @@ from rescue.errors import DeliveryError, PostfixError, RescueError
 from rescue.exitcodes import ExitCode
 from rescue.postfix.commands import Postfix
 from rescue.postfix.listing import BadLine
-from rescue.smtp import Session
-from rescue.srs import SrsRewriter
+from rescue.smarthost.session import Session
+from rescue.srs.rewriter import SrsRewriter
 
 
 class Checks:

@@ -1,6 +1,6 @@
 """`queue-rescue export`: move the selected deferred mail out of Postfix into a folder.
 
-Each message becomes a pair NAME.eml + NAME.json (rescue/export.py), sent later,
+Each message becomes a pair NAME.eml + NAME.json (rescue/sources/export.py), sent later,
 here or on another host, with `flush --from DIR`. As in the flush, the journal
 records each step before it is taken: messages are held, written and fsynced,
 and only then deleted from Postfix (left on hold with --keep); whatever was not
@@ -22,7 +22,7 @@ from types import FrameType
 
 import click
 
-from rescue import holding
+from rescue.classify.select import Selectors
 from rescue.cli.common import fail, is_terminal, load_config
 from rescue.cli.flush_cmd import FOLDER, report_recovery, select
 from rescue.cli.output import age, console, json_line, print_table, show_sender
@@ -30,9 +30,12 @@ from rescue.cli.selectors import selector_options
 from rescue.config import JournalConfig
 from rescue.errors import PostfixError, QueueFileError, RescueError
 from rescue.exitcodes import ExitCode
-from rescue.export import EML, JSON, ExportQueue, PairError, remove_pair, write_pair
-from rescue.flush import EnvelopeReader
-from rescue.journal import (
+from rescue.flush import holding
+from rescue.flush.core import EnvelopeReader
+from rescue.flush.queue import MailQueue
+from rescue.journal.lock import InstanceLock
+from rescue.journal.recovery import recover
+from rescue.journal.store import (
     ACCEPTED,
     DELETED,
     RELEASED,
@@ -40,14 +43,11 @@ from rescue.journal import (
     SKIPPED,
     Journal,
 )
-from rescue.lock import InstanceLock
 from rescue.model import Selected
 from rescue.postfix.commands import Postfix
 from rescue.postfix.reader import HeldMessageReader
-from rescue.queue import MailQueue
-from rescue.recovery import recover
-from rescue.select import Selectors
-from rescue.spool import fsync_dir
+from rescue.sources.export import EML, JSON, ExportQueue, PairError, remove_pair, write_pair
+from rescue.sources.spool import fsync_dir
 from rescue.tally import Tally
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+from rescue.classify.inventory import Inventory
+from rescue.classify.select import Selectors, choose
 from rescue.cli.common import (
     fail,
     is_terminal,
@@ -28,22 +30,20 @@ from rescue.cli.flush_report import FlushReporter
 from rescue.cli.queueview import QueueReader
 from rescue.cli.selectors import selector_options
 from rescue.config import Config, JournalConfig
-from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode
-from rescue.export import ExportError, ExportQueue
-from rescue.flush import EnvelopeReader, Flush, Summary
-from rescue.flush import dry_run as preview
-from rescue.inventory import Inventory
-from rescue.journal import Journal
-from rescue.lock import InstanceLock
+from rescue.flush.core import EnvelopeReader, Flush, Summary
+from rescue.flush.core import dry_run as preview
+from rescue.flush.queue import MailQueue
+from rescue.journal.lock import InstanceLock
+from rescue.journal.recovery import RecoveryReport, recover
+from rescue.journal.store import Journal
 from rescue.model import Classification, QueuedMessage, Selected
 from rescue.postfix.commands import Postfix
 from rescue.postfix.reader import HeldMessageReader
-from rescue.queue import MailQueue
-from rescue.recovery import RecoveryReport, recover
-from rescue.select import Selectors, choose
-from rescue.spool import SpoolError, SpoolQueue, settle_strays
-from rescue.srs import SrsRewriter
+from rescue.smarthost.pool import Dispatcher
+from rescue.sources.export import ExportError, ExportQueue
+from rescue.sources.spool import SpoolError, SpoolQueue, settle_strays
+from rescue.srs.rewriter import SrsRewriter
 
 # A place other than live Postfix that mail is rescued from.
 Copy = SpoolQueue | ExportQueue

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 from rescue.classify.catalog import Catalog, load_catalog
 from rescue.classify.dns import MxResolver
+from rescue.classify.inventory import Inventory, inventory_parts
 from rescue.cli.common import run_async
 from rescue.config import Config
 from rescue.errors import PostfixError
-from rescue.inventory import Inventory, inventory_parts
+from rescue.flush.queue import MailQueue
 from rescue.model import QueuedMessage
 from rescue.postfix.commands import Postfix
 from rescue.postfix.listing import BadLine
-from rescue.queue import MailQueue
 
 log = logging.getLogger("rescue")
 
@@ -107,7 +107,7 @@ def inventory_of(
 
 def report_bad(inventory: Inventory) -> None:
     """One warning for each unreadable listing line or queue file."""
-    from rescue.spool import BadFile  # noqa: PLC0415  (spool copies only; kept off start-up)
+    from rescue.sources.spool import BadFile  # noqa: PLC0415  (spool copies only; kept off start-up)
 
     for bad in inventory.bad:
         if isinstance(bad, BadFile):

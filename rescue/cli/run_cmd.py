@@ -10,10 +10,10 @@ import click
 
 from rescue.cli.common import load_config
 from rescue.cli.queueview import own_relays
-from rescue.lock import InstanceLock
-from rescue.metrics import Metrics
-from rescue.sdnotify import Notifier
-from rescue.service import Service
+from rescue.journal.lock import InstanceLock
+from rescue.service.loop import Service
+from rescue.service.metrics import Metrics
+from rescue.service.sdnotify import Notifier
 
 
 def service_logging() -> None:

@@ -13,7 +13,7 @@ import click
 from rescue.cli.common import load_config
 from rescue.postfix.commands import Postfix
 
-# rescue.shape.By's values, spelled out so that starting a scan does not import the shape.
+# rescue.classify.shape.By's values, spelled out so that starting a scan does not import the shape.
 BY_CHOICES = ("provider", "domain", "reason", "sender-domain")
 
 
@@ -62,7 +62,7 @@ def scan(
         source = None
         listing = Postfix(cfg.postfix).listing()  # showq starts now
     else:
-        from rescue.spool import SpoolQueue  # noqa: PLC0415
+        from rescue.sources.spool import SpoolQueue  # noqa: PLC0415
 
         source = SpoolQueue(spool)
         listing = source.listing()

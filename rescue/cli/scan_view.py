@@ -12,10 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rescue.classify.catalog import Catalog, KnownReason
-from rescue.cli.output import age, console, json_line, print_table
-from rescue.cli.queueview import QueueView
-from rescue.model import Classification, QueuedMessage
-from rescue.shape import (
+from rescue.classify.shape import (
     BUCKET_LABELS,
     UNKNOWN,
     By,
@@ -29,6 +26,9 @@ from rescue.shape import (
     shape,
     unclassified,
 )
+from rescue.cli.output import age, console, json_line, print_table
+from rescue.cli.queueview import QueueView
+from rescue.model import Classification, QueuedMessage
 
 Cell = str | Text
 # How many providers a row of another grouping names before "+N".

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from rescue.classify.select import Selectors
 from rescue.cli.common import parse_duration
-from rescue.select import Selectors
 
 F = TypeVar("F", bound=Callable[..., Any])
 

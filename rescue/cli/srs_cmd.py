@@ -13,8 +13,8 @@ import click
 from rescue.cli.common import fail, load_srs_config
 from rescue.errors import SrsError
 from rescue.exitcodes import ExitCode
-from rescue.socketmap import DEFAULT_IDLE_TIMEOUT, DEFAULT_SOCKET_MODE, parse_listen, serve
-from rescue.srs import SrsRewriter
+from rescue.postfix.socketmap import DEFAULT_IDLE_TIMEOUT, DEFAULT_SOCKET_MODE, parse_listen, serve
+from rescue.srs.rewriter import SrsRewriter
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import click
 
 from rescue.cli.common import load_config, parse_duration
 from rescue.cli.output import age, console, json_line, print_table
-from rescue.journal import ACCEPTED, RELEASED, Event, Journal, Run
+from rescue.journal.store import ACCEPTED, RELEASED, Event, Journal, Run
 
 # Journal states as `status` names them: "rerouted" is when the smarthost accepted it.
 ACTIONS = {ACCEPTED: "rerouted", RELEASED: "released"}

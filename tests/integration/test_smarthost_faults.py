@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from rescue.config import RetryConfig, Secret, SmarthostConfig
-from rescue.dispatch import Dispatcher
 from rescue.errors import DeliveryError
 from rescue.model import Envelope, Recipient
-from rescue.smtp import Accepted
+from rescue.smarthost.pool import Dispatcher
+from rescue.smarthost.session import Accepted
 from tests.lab.certs import default_certs
 from tests.lab.postfix import free_port
 from tests.lab.smtpd import Fault, RecordingSmarthost

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rescue.srs import SrsRewriter
+from rescue.srs.rewriter import SrsRewriter
 from tests.integration.rescue_cli import SRS_DOMAIN, SRS_SECRET, Rescue, smarthost_entry
 from tests.lab import wait_for
 from tests.lab.postfix import PostfixLab, new_lab_root, remove_lab_root

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from rescue.errors import SrsError
-from rescue.socketmap import serve
-from rescue.srs import SECONDS_PER_DAY, SrsRewriter
+from rescue.postfix.socketmap import serve
+from rescue.srs.rewriter import SECONDS_PER_DAY, SrsRewriter
 
 POSTSRSD = shutil.which("postsrsd") or shutil.which("postsrsd", path="/usr/sbin:/usr/local/sbin")
 POSTMAP = shutil.which("postmap") or shutil.which("postmap", path="/usr/sbin:/usr/local/sbin")

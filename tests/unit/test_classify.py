@@ -7,9 +7,9 @@ import re
 from rescue.classify.catalog import Catalog, KnownReason, Provider, merge
 from rescue.classify.classifier import classify_recipient
 from rescue.classify.dns import MxAnswer
+from rescue.classify.select import Selectors, choose
 from rescue.config import ProviderConfig
 from rescue.model import QueuedMessage, Recipient
-from rescue.select import Selectors, choose
 
 IONOS_REPLY = (
     "host mx00.kundenserver.de[212.227.15.41] said: 421 invalid sender domain, possibly "

@@ -14,17 +14,17 @@ from hypothesis import strategies as st
 
 from rescue.cli.export_cmd import Export, ExportOutcome
 from rescue.errors import QueueFileError
-from rescue.export import (
+from rescue.journal.recovery import recover
+from rescue.journal.store import HELD, RELEASED, Journal
+from rescue.model import Envelope, QueuedMessage, Recipient, Selected
+from rescue.sources.export import (
     FORMAT,
     ExportQueue,
     PairError,
     read_pair,
     write_pair,
 )
-from rescue.journal import HELD, RELEASED, Journal
-from rescue.model import Envelope, QueuedMessage, Recipient, Selected
-from rescue.recovery import recover
-from rescue.spool import BadFile, SpoolQueue
+from rescue.sources.spool import BadFile, SpoolQueue
 from tests.unit.test_spool import IDS, put, queue_file
 
 CONTENT = (

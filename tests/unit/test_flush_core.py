@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import rescue.writer
+import rescue.journal.writer
 from rescue.errors import DeliveryError, JournalError, PostfixError
-from rescue.flush import Flush, Outcome, Summary
-from rescue.journal import ACCEPTED, DELETED, Journal
+from rescue.flush.core import Flush, Outcome, Summary
+from rescue.journal.store import ACCEPTED, DELETED, Journal
 from rescue.model import Envelope, QueuedMessage, Recipient, Selected
-from rescue.smtp import Accepted
+from rescue.smarthost.session import Accepted
 
 
 class FakeQueue:
@@ -154,14 +154,16 @@ def test_one_given_back_and_listed_again_is_not_taken_again(tmp_path: Path) -> N
 def test_accepted_is_deleted_even_when_the_journal_cannot_say_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    put = rescue.writer.BackgroundWriter.put
+    put = rescue.journal.writer.BackgroundWriter.put
 
-    def failing_put(self: rescue.writer.BackgroundWriter, rows: rescue.writer.Rows) -> None:
+    def failing_put(
+        self: rescue.journal.writer.BackgroundWriter, rows: rescue.journal.writer.Rows
+    ) -> None:
         if rows and rows[0][3] == ACCEPTED:
             raise JournalError("journal: disk full")
         put(self, rows)
 
-    monkeypatch.setattr(rescue.writer.BackgroundWriter, "put", failing_put)
+    monkeypatch.setattr(rescue.journal.writer.BackgroundWriter, "put", failing_put)
     chosen = [selected(n) for n in range(3)]
     queue, smarthost = FakeQueue(s.message.queue_id for s in chosen), FakeSmarthost()
     run, outcomes, _ = flush(tmp_path, queue, smarthost)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SKIPPED, Journal
+from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SKIPPED, Journal
 
 DAY = 86400.0
 # One fixed "now" for the journal's clock and for every age the test sets: the test

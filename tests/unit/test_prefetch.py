@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rescue.errors import QueueFileError
+from rescue.flush.prefetch import ASK_AGAIN, BROKEN, FOUND, Prefetcher, read_batch
 from rescue.postfix.queuefile import read_queue_file
-from rescue.prefetch import ASK_AGAIN, BROKEN, FOUND, Prefetcher, read_batch
 from tests.unit.test_queuefile import GOOD
 
 

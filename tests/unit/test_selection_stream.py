@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from rescue.classify.catalog import Catalog, load_catalog
+from rescue.classify.inventory import Inventory, inventory_parts, take_inventory
+from rescue.classify.select import Selectors
 from rescue.cli.flush_cmd import Chooser
 from rescue.cli.flush_report import LIST_LIMIT, FlushReporter
-from rescue.flush import Outcome, Summary
-from rescue.inventory import Inventory, inventory_parts, take_inventory
+from rescue.flush.core import Outcome, Summary
 from rescue.model import Classification, QueuedMessage, Recipient
-from rescue.select import Selectors
 
 IONOS = Classification(provider="ionos", classified_by="domains", reason_matched="invalid sender")
 OTHER = Classification(provider=None)

@@ -12,7 +12,11 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from rescue.autorules import (
+from rescue.classify.catalog import Provider
+from rescue.config import ConfigError, SmarthostConfig, parse_config
+from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
+from rescue.model import Classification, QueuedMessage, Recipient
+from rescue.service.autorules import (
     BACKOFF,
     MAX_PER_CYCLE,
     MIN_AGE,
@@ -24,12 +28,8 @@ from rescue.autorules import (
     smarthost_quota,
     within_budget,
 )
-from rescue.classify.catalog import Provider
-from rescue.config import ConfigError, SmarthostConfig, parse_config
-from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
-from rescue.metrics import Metrics
-from rescue.model import Classification, QueuedMessage, Recipient
-from rescue.sdnotify import Notifier
+from rescue.service.metrics import Metrics
+from rescue.service.sdnotify import Notifier
 
 NOW = 1_700_000_000.0
 REASON = "421 invalid sender domain"

@@ -9,9 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rescue.classify.catalog import Catalog, KnownReason, Provider
-from rescue.cli.scan_cmd import BY_CHOICES
-from rescue.model import Classification, QueuedMessage, Recipient
-from rescue.shape import (
+from rescue.classify.shape import (
     BUCKET_LABELS,
     NULL_SENDER_DOMAIN,
     UNKNOWN,
@@ -24,6 +22,8 @@ from rescue.shape import (
     shape,
     unclassified,
 )
+from rescue.cli.scan_cmd import BY_CHOICES
+from rescue.model import Classification, QueuedMessage, Recipient
 
 NOW = 1_700_000_000
 MINUTE = 60

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rescue.socketmap import (
+from rescue.postfix.socketmap import (
     MAX_REQUEST,
     InetAddress,
     NetstringDecoder,
@@ -26,7 +26,7 @@ from rescue.socketmap import (
     parse_listen,
     serve,
 )
-from rescue.srs import SrsRewriter
+from rescue.srs.rewriter import SrsRewriter
 
 SECRET = "socketmap-test-secret-0123456789"
 

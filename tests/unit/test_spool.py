@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rescue.journal import ACCEPTED, DELETED, HELD, RELEASED, Journal
+from rescue.journal.recovery import recover
+from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, Journal
 from rescue.model import QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine
 from rescue.postfix.records import REC_TYPE_DONE
-from rescue.recovery import recover
-from rescue.spool import BadFile, SpoolError, SpoolQueue, settle_strays
+from rescue.sources.spool import BadFile, SpoolError, SpoolQueue, settle_strays
 from tests.unit.test_queuefile import (
     HEADER,
     REAL_FILE,

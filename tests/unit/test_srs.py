@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rescue import config
 from rescue.errors import SrsError
-from rescue.srs import SECONDS_PER_DAY, TIMESTAMP_SLOTS, SrsRewriter
+from rescue.srs.rewriter import SECONDS_PER_DAY, TIMESTAMP_SLOTS, SrsRewriter
 
 SECRET = "first-secret-0123456789abcdef"
 OLD_SECRET = "older-secret-fedcba9876543210"

@@ -18,7 +18,7 @@ from tenacity import (
 from rescue.config import RetryConfig, SmarthostConfig
 from rescue.errors import DeliveryError
 from rescue.model import Envelope
-from rescue.smtp import Accepted, Session, SessionError
+from rescue.smarthost.session import Accepted, Session, SessionError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from rescue.aio import outcome_of
 from rescue.config import SmarthostConfig
 from rescue.errors import DeliveryError
 from rescue.model import Envelope
-from rescue.replies import Reply, ReplyError, ReplyReader
+from rescue.smarthost.replies import Reply, ReplyError, ReplyReader
 
 # Stages of a session, named as Postfix names them in its own delay reasons.
 CONNECT = "connect"

@@ -16,7 +16,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rescue.autorules import (
+from rescue.classify.catalog import Catalog, load_catalog
+from rescue.classify.dns import MxResolver
+from rescue.classify.inventory import take_inventory
+from rescue.config import Config, SmarthostConfig, load_config
+from rescue.errors import JournalError, RescueError
+from rescue.flush.core import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
+from rescue.journal.recovery import recover
+from rescue.journal.store import Journal
+from rescue.model import QueuedMessage, Selected
+from rescue.postfix.commands import Postfix
+from rescue.postfix.listing import BadLine
+from rescue.postfix.reader import HeldMessageReader
+from rescue.service.autorules import (
     DAY,
     HOUR,
     LIMITS,
@@ -28,22 +40,10 @@ from rescue.autorules import (
     smarthost_quota,
     within_budget,
 )
-from rescue.classify.catalog import Catalog, load_catalog
-from rescue.classify.dns import MxResolver
-from rescue.config import Config, SmarthostConfig, load_config
-from rescue.dispatch import Dispatcher
-from rescue.errors import JournalError, RescueError
-from rescue.flush import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
-from rescue.inventory import take_inventory
-from rescue.journal import Journal
-from rescue.metrics import NO_SMARTHOST, Metrics
-from rescue.model import QueuedMessage, Selected
-from rescue.postfix.commands import Postfix
-from rescue.postfix.listing import BadLine
-from rescue.postfix.reader import HeldMessageReader
-from rescue.recovery import recover
-from rescue.sdnotify import Notifier
-from rescue.srs import SrsRewriter
+from rescue.service.metrics import NO_SMARTHOST, Metrics
+from rescue.service.sdnotify import Notifier
+from rescue.smarthost.pool import Dispatcher
+from rescue.srs.rewriter import SrsRewriter
 
 log = logging.getLogger(__name__)
 

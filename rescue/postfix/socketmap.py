@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import RescueError, SrsError
-from rescue.srs import NotSrsError, SrsRewriter
+from rescue.srs.rewriter import NotSrsError, SrsRewriter
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 from rescue.errors import QueueFileError, RescueError
 from rescue.model import Envelope, QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine
-from rescue.spool import (
+from rescue.sources.spool import (
     DONE_FOLDER,
     HELD_FOLDER,
     JOURNAL_NAME,

@@ -13,9 +13,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from rescue.classify.catalog import Provider
+from rescue.classify.select import Selectors, choose
 from rescue.config import SmarthostConfig
 from rescue.model import Classification, QueuedMessage, Selected
-from rescue.select import Selectors, choose
 
 HOUR = 3600.0
 DAY = 86400.0

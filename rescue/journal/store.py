@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import JournalError
-from rescue.writer import BackgroundWriter
+from rescue.journal.writer import BackgroundWriter
 
 HOLDING = "holding"
 HELD = "held"

@@ -21,16 +21,16 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
-from rescue import holding
 from rescue.aio import outcome_of
-from rescue.dispatch import Dispatcher
 from rescue.errors import DeliveryError, JournalError, PostfixError, QueueFileError, RescueError
-from rescue.journal import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
+from rescue.flush import holding
+from rescue.flush.prefetch import Prefetcher
+from rescue.flush.queue import MailQueue
+from rescue.journal.store import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
-from rescue.prefetch import Prefetcher
-from rescue.queue import MailQueue
-from rescue.smtp import Accepted, AcceptedWhileCancelled
-from rescue.srs import SrsRewriter
+from rescue.smarthost.pool import Dispatcher
+from rescue.smarthost.session import Accepted, AcceptedWhileCancelled
+from rescue.srs.rewriter import SrsRewriter
 from rescue.tally import Tally
 
 log = logging.getLogger(__name__)
