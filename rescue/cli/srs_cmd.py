@@ -13,7 +13,8 @@ import click
 from rescue.cli.common import fail, load_srs_config
 from rescue.errors import SrsError
 from rescue.exitcodes import ExitCode
-from rescue.postfix.socketmap import DEFAULT_IDLE_TIMEOUT, DEFAULT_SOCKET_MODE, parse_listen, serve
+from rescue.postfix.socketmap import DEFAULT_IDLE_TIMEOUT, DEFAULT_SOCKET_MODE, parse_listen
+from rescue.srs.bouncemap import serve_srs
 from rescue.srs.rewriter import SrsRewriter
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await serve(
+    await serve_srs(
         rewriter,
         listen,
         ready=_notify_ready,

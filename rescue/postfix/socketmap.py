@@ -1,4 +1,4 @@
-"""Serve the SRS forward and reverse maps to Postfix over its socketmap protocol.
+"""Serve lookup tables to Postfix over its socketmap protocol.
 
 socketmap_table(5): each request and each reply is one netstring (``LEN:DATA,``); a
 request is ``NAME KEY``, a reply ``OK VALUE``, ``NOTFOUND ``, ``TEMP REASON`` or
@@ -6,8 +6,10 @@ request is ``NAME KEY``, a reply ``OK VALUE``, ``NOTFOUND ``, ``TEMP REASON`` or
 it after 10 s idle or 100 s in all), and tries a lookup once more when the server has
 closed the connection, so closing idle connections here costs nothing.
 
-The protocol (netstring framing, requests, answers) is plain functions and one small
-decoder class, tested without sockets; ``serve`` is the asyncio loop around them.
+The protocol (netstring framing, requests, replies) is plain functions and one small
+decoder class, tested without sockets; ``serve`` is the asyncio loop around them, and
+a table is a plain function from a request payload (``NAME KEY``) to a ``Reply``
+(``rescue.srs.bouncemap`` serves SRS's maps this way).
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.errors import RescueError, SrsError
-from rescue.srs.rewriter import NotSrsError, SrsRewriter
+from rescue.errors import RescueError
 
 log = logging.getLogger(__name__)
 
@@ -112,35 +113,8 @@ class Reply:
 
 NOTFOUND = Reply("NOTFOUND")
 
-
-def answer(rewriter: SrsRewriter, payload: bytes) -> Reply:
-    """The reply to one request payload (``NAME KEY``). Never raises."""
-    name, space, raw_key = payload.partition(b" ")
-    # Not UTF-8 is not an address we make: kept as it is so the rewriter refuses it.
-    key = raw_key.decode(errors="surrogateescape")
-    try:
-        if not space or name not in (b"forward", b"reverse"):
-            return Reply(
-                "PERM", f"unknown map {name.decode(errors='replace')!r}; use forward or reverse"
-            )
-        if name == b"forward":
-            result = rewriter.forward(key)
-            # Unchanged means "keep it": the null sender, our own domain, an excluded one.
-            return NOTFOUND if result == key else Reply("OK", result)
-        return Reply("OK", rewriter.reverse(key))
-    except NotSrsError as exc:
-        # Postfix asks about every recipient at the SRS domain (postmaster@, ...).
-        log.debug("%s: %s", name.decode(errors="replace"), exc)
-        return NOTFOUND
-    except SrsError as exc:
-        # Forged, expired, unusable: never a rewrite, or the SRS domain would relay
-        # mail for anyone.
-        log.info("%s: %s", name.decode(errors="replace"), exc)
-        return NOTFOUND
-    except Exception:
-        # A bug must not take the server down, nor make Postfix lose mail: TEMP defers it.
-        log.exception("socketmap: unexpected error on a %s lookup", name.decode(errors="replace"))
-        return Reply("TEMP", "internal error")
+# A table: the reply to one request payload (``NAME KEY``). It must never raise.
+Lookup = Callable[[bytes], Reply]
 
 
 # --- listen addresses ---------------------------------------------------------------------
@@ -183,13 +157,14 @@ def parse_listen(spec: str) -> UnixAddress | InetAddress:
 
 
 async def serve(
-    rewriter: SrsRewriter,
+    lookup: Lookup,
     listen: str,
     *,
     ready: Callable[[], None] | None = None,
     stop: asyncio.Event | None = None,
     socket_mode: int = DEFAULT_SOCKET_MODE,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    what: str = "socketmap lookups",
 ) -> None:
     """Answer socketmap lookups on ``listen`` until ``stop`` is set (or the task is cancelled).
 
@@ -205,14 +180,14 @@ async def serve(
         assert task is not None
         sessions[task] = writer
         try:
-            await _session(rewriter, reader, writer, idle_timeout)
+            await _session(lookup, reader, writer, idle_timeout)
         finally:
             sessions.pop(task, None)
 
     server = await _listen(address, on_connect, socket_mode)
     inode = _inode(address)
     try:
-        log.info("serving SRS socketmaps forward and reverse on %s", listen)
+        log.info("serving %s on %s", what, listen)
         if ready is not None:
             ready()
         await (stop or asyncio.Event()).wait()
@@ -230,7 +205,7 @@ async def serve(
 
 
 async def _session(
-    rewriter: SrsRewriter,
+    lookup: Lookup,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     idle_timeout: float,
@@ -245,7 +220,7 @@ async def _session(
                 await _send(writer, Reply("PERM", str(exc)))
                 return
             if payload is not None:
-                await _send(writer, answer(rewriter, payload))
+                await _send(writer, lookup(payload))
                 continue
             async with asyncio.timeout(idle_timeout):
                 data = await reader.read(65536)

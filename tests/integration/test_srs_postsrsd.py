@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rescue.errors import SrsError
-from rescue.postfix.socketmap import serve
+from rescue.srs.bouncemap import serve_srs
 from rescue.srs.rewriter import SECONDS_PER_DAY, SrsRewriter
 
 POSTSRSD = shutil.which("postsrsd") or shutil.which("postsrsd", path="/usr/sbin:/usr/local/sbin")
@@ -211,7 +211,7 @@ def test_postfix_socketmap_client_speaks_with_our_server(tmp_path: Path) -> None
     async def scenario() -> None:
         ready = asyncio.Event()
         stop = asyncio.Event()
-        server = asyncio.create_task(serve(srs, f"unix:{sock}", ready=ready.set, stop=stop))
+        server = asyncio.create_task(serve_srs(srs, f"unix:{sock}", ready=ready.set, stop=stop))
         await asyncio.wait_for(ready.wait(), 5)
         try:
             assert await postmap(config_dir, reverse, signed) == (0, "Alice.Smith@Example.COM\n")

@@ -21,11 +21,10 @@ from rescue.postfix.socketmap import (
     ProtocolError,
     Reply,
     UnixAddress,
-    answer,
     encode_netstring,
     parse_listen,
-    serve,
 )
+from rescue.srs.bouncemap import answer, serve_srs
 from rescue.srs.rewriter import SrsRewriter
 
 SECRET = "socketmap-test-secret-0123456789"
@@ -189,7 +188,7 @@ async def running(listen: str, **kwargs: object) -> AsyncIterator[asyncio.Task[N
     ready = asyncio.Event()
     stop = asyncio.Event()
     task = asyncio.create_task(
-        serve(make_rewriter(), listen, ready=ready.set, stop=stop, **kwargs)  # type: ignore[arg-type]
+        serve_srs(make_rewriter(), listen, ready=ready.set, stop=stop, **kwargs)  # type: ignore[arg-type]
     )
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
