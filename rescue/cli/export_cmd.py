@@ -32,7 +32,6 @@ from rescue.errors import PostfixError, QueueFileError, RescueError
 from rescue.exitcodes import ExitCode
 from rescue.flush import holding
 from rescue.flush.core import EnvelopeReader
-from rescue.flush.queue import MailQueue
 from rescue.journal.lock import InstanceLock
 from rescue.journal.recovery import recover
 from rescue.journal.store import (
@@ -45,6 +44,7 @@ from rescue.journal.store import (
 )
 from rescue.model import Selected
 from rescue.postfix.commands import Postfix
+from rescue.postfix.queue import MailQueue
 from rescue.postfix.reader import HeldMessageReader
 from rescue.sources.export import EML, JSON, ExportQueue, PairError, remove_pair, write_pair
 from rescue.sources.spool import fsync_dir

@@ -33,12 +33,12 @@ from rescue.config import Config, JournalConfig
 from rescue.exitcodes import ExitCode
 from rescue.flush.core import EnvelopeReader, Flush, Summary
 from rescue.flush.core import dry_run as preview
-from rescue.flush.queue import MailQueue
 from rescue.journal.lock import InstanceLock
 from rescue.journal.recovery import RecoveryReport, recover
 from rescue.journal.store import Journal
 from rescue.model import Classification, QueuedMessage, Selected
 from rescue.postfix.commands import Postfix
+from rescue.postfix.queue import MailQueue
 from rescue.postfix.reader import HeldMessageReader
 from rescue.smarthost.pool import Dispatcher
 from rescue.sources.export import ExportError, ExportQueue

@@ -12,10 +12,10 @@ from rescue.classify.inventory import Inventory, inventory_parts
 from rescue.cli.common import run_async
 from rescue.config import Config
 from rescue.errors import PostfixError
-from rescue.flush.queue import MailQueue
 from rescue.model import QueuedMessage
 from rescue.postfix.commands import Postfix
 from rescue.postfix.listing import BadLine
+from rescue.postfix.queue import MailQueue
 
 log = logging.getLogger("rescue")
 

@@ -25,9 +25,9 @@ from rescue.aio import outcome_of
 from rescue.errors import DeliveryError, JournalError, PostfixError, QueueFileError, RescueError
 from rescue.flush import holding
 from rescue.flush.prefetch import Prefetcher
-from rescue.flush.queue import MailQueue
 from rescue.journal.store import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
+from rescue.postfix.queue import MailQueue
 from rescue.smarthost.pool import Dispatcher
 from rescue.smarthost.session import Accepted, AcceptedWhileCancelled
 from rescue.srs.rewriter import SrsRewriter

@@ -10,9 +10,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from rescue.flush.queue import MailQueue
 from rescue.journal.store import ACCEPTED, DELETED, HELD, SKIPPED, Journal
 from rescue.model import Selected
+from rescue.postfix.queue import MailQueue
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rescue.flush.queue import MailQueue
 from rescue.journal.store import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Entry, Journal
 from rescue.model import QueuedMessage
+from rescue.postfix.queue import MailQueue
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from rescue.errors import QueueFileError, RescueError
-from rescue.flush.queue import MailQueue
 from rescue.journal.recovery import RecoveryReport
 from rescue.journal.store import ACCEPTED, DELETED, OPEN_STATES, Journal
 from rescue.model import Envelope, QueuedMessage, Recipient
 from rescue.postfix.commands import valid_queue_id
 from rescue.postfix.deferlog import DeferEntry, read_defer_log
 from rescue.postfix.listing import BadLine
+from rescue.postfix.queue import MailQueue
 from rescue.postfix.queuefile import QueueFile, notify_text, read_queue_file
 
 log = logging.getLogger(__name__)
