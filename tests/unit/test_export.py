@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rescue.cli.export_cmd import Export, ExportOutcome
 from rescue.errors import QueueFileError
+from rescue.flush.export import Export, ExportOutcome
 from rescue.journal.recovery import recover
 from rescue.journal.store import HELD, RELEASED, Journal
 from rescue.model import Envelope, QueuedMessage, Recipient, Selected
