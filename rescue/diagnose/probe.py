@@ -59,7 +59,7 @@ async def _session(target: ProbeTarget, port: int, helo: str, timeout: float) ->
             CHECK,
             target.provider,
             f"{where} {ask}: refused at {stage}: {_said(exc)}",
-            "See the findings that explain this reply; probe again after fixing them.",
+            "Fix the findings that explain this reply (above), then probe again.",
         )
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         return error(CHECK, target.provider, f"{where}: no answer at {stage}: {exc}")

@@ -34,6 +34,9 @@ def headline(group: StuckGroup) -> str:
 def explanation_lines(item: Explanation) -> list[str]:
     """The stuck group and each finding that explains it with its fix."""
     lines = [headline(item.group)]
+    senders = ", ".join(f"{d} ({_mails(n)})" for d, n in item.group.sender_domains)
+    if senders:
+        lines.append(f"  from {senders}")
     for finding in item.findings:
         lines.append(f"  explained by {finding.check} on {finding.subject}: {finding.detail}")
         if finding.fix:
