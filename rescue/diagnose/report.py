@@ -12,6 +12,7 @@ from rich.text import Text
 from rescue.diagnose.explain import Explanation, explains
 from rescue.diagnose.result import CHECKS, Result, Status, summary
 from rescue.diagnose.stuck import StuckGroup
+from rescue.shape import UNKNOWN
 
 STYLES = {
     Status.OK: "green",
@@ -28,7 +29,8 @@ def _mails(n: int) -> str:
 
 def headline(group: StuckGroup) -> str:
     """ "ionos: 70 mails, `421 invalid sender domain, possibly misconfigured`"."""
-    return f"{group.provider}: {_mails(group.mails)}, `{group.reason}`"
+    name = group.label if group.provider == UNKNOWN else group.provider
+    return f"{name}: {_mails(group.mails)}, `{group.reason}`"
 
 
 def explanation_lines(item: Explanation) -> list[str]:

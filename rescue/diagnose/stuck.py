@@ -16,7 +16,7 @@ class StuckGroup:
     """Deferred mail at one provider with one reason."""
 
     provider: str  # the provider's name, "mixed: ..." or "(unknown)"
-    label: str
+    label: str  # the provider's label; else "HOST (no known provider)"
     reason: str  # the reply, addresses and ids masked
     known: KnownReason | None  # the catalog's entry for the reply, if any
     mails: int
@@ -75,10 +75,13 @@ def stuck_groups(entries: Iterable[Item], catalog: Catalog) -> list[StuckGroup]:
         name = tally.first.classification.provider
         entry = catalog.by_name.get(name) if name else None
         senders = sorted(tally.senders.items(), key=lambda s: (-len(s[1]), s[0]))
+        label = entry.label if entry is not None else provider
+        if entry is None and tally.peer is not None:
+            label = f"{tally.peer[0]} (no known provider)"
         groups.append(
             StuckGroup(
                 provider=provider,
-                label=entry.label if entry is not None else provider,
+                label=label,
                 reason=reason,
                 known=_known(catalog, name, tally.first.recipient.delay_reason),
                 mails=len(tally.mails),

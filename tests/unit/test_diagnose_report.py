@@ -63,6 +63,7 @@ def test_stuck_groups_count_mails_and_sender_domains() -> None:
     assert (first.sender, first.recipient) == ("billing@as-gmbh.com", "kunde@kunde1.de")
     unknown = next(g for g in groups if g.provider == "(unknown)")
     assert unknown.known is None and unknown.sender_domains == (("as-gmbh.com", 1),)
+    assert unknown.label == "mx.partner.example (no known provider)"
     assert sender_domains(ITEMS) == ["as-gmbh.com", "shop.example"]
 
 
