@@ -32,6 +32,8 @@ class Answer:
     outcome: Outcome
     records: tuple[str, ...] = ()
     error: str = ""
+    # Not asked at all: the run's time budget was used up. Nothing is known.
+    unasked: bool = False
 
     @property
     def found(self) -> bool:

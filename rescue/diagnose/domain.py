@@ -25,6 +25,8 @@ def sender_domain(domain: str, dns: Lookup) -> Result:
             f"Publish {domain} in DNS (an MX record for its mail host), or rewrite envelope "
             "senders in it to a domain that exists (Postfix: myorigin, sender_canonical_maps).",
         )
+    if mx.unasked:
+        return error(check, domain, f"{domain} MX: {mx.describe()}")
     if mx.failed:
         return fail(
             check,
@@ -170,6 +172,8 @@ def ns(domain: str, dns: Lookup) -> Result:
             continue
         for address in addresses.records:
             answer = dns.ask_server(address, zone, "SOA")
+            if answer.unasked:
+                return error(check, domain, f"{host} ({address}): {answer.describe()}")
             serial = _serial(answer)
             if serial is None:
                 silent.append(f"{host} ({address}): {answer.describe()}")

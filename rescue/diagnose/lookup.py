@@ -118,7 +118,11 @@ class DnsLookup:
         lifetime = min(self._timeout, self.remaining())
         if lifetime <= 0:
             return Answer(
-                name, rdtype, Outcome.ERROR, error=f"time budget of {self._budget:g}s used up"
+                name,
+                rdtype,
+                Outcome.ERROR,
+                error=f"time budget of {self._budget:g}s used up",
+                unasked=True,
             )
         with self._lock:
             self.queries += 1

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from rescue.classify.catalog import load_catalog
 from rescue.config import DEFAULT_DNSBL, DnsConfig, parse_config
+from rescue.diagnose import domain
 from rescue.diagnose.explain import explain
 from rescue.diagnose.lookup import DnsLookup
 from rescue.diagnose.report import ordered, show_json, show_text
@@ -192,6 +193,9 @@ def test_the_time_budget_stops_new_questions() -> None:
     assert answer.failed and answer.error == "time budget of 5s used up"
     assert dns.queries == 0
     assert dns.get("example.com", "MX") is answer  # asked once per name and type
+    # What was not asked is not known: an error, not a finding about the domain.
+    result = domain.sender_domain("example.com", dns)
+    assert result.status is Status.ERROR and "time budget" in result.detail
 
 
 def test_diagnose_config(tmp_path: Path) -> None:
