@@ -218,9 +218,12 @@ def test_the_seed_is_explained_and_the_probe_shows_the_live_answer(
     assert "DATA" not in provider.commands
     assert provider.commands.count("MAIL") == 1
 
-    text = rescue.run("diagnose", *IDENTITY)
+    text = rescue.run("diagnose", "--ip", SENDING_IP)
     assert text.code == 1
     lines = text.stdout.splitlines()
+    # Without --helo, the HELO name is Postfix's own (the lab's myhostname).
+    assert "note: HELO name lab.test is Postfix's smtp_helo_name" in lines
+    assert "lab.test" in lines  # its subject: it does not resolve in these zones
     at = lines.index("  ionos: 3 mails, `421 4.7.0 invalid sender domain, possibly misconfigured`")
     assert lines[at + 1] == "    from cname-mx.test (3 mails)"
     assert lines[at + 2].startswith(
@@ -249,3 +252,15 @@ def test_the_probe_says_ok_when_the_provider_accepts(
     assert provider.commands == ["MAIL", "RCPT", "RSET", "QUIT"]
     assert provider.received == []
     assert len(postfix.queue()) == before
+
+
+def test_bad_usage_and_config_exit_2(
+    lab_root: Path, postfix: PostfixLab, zones: DiagnoseDns
+) -> None:
+    rescue = _rescue(lab_root, postfix, zones)
+    result = rescue.run("diagnose", "--ip", "not-an-ip")
+    assert result.code == 2 and "not an IP address" in result.stderr
+    broken = _rescue(lab_root, postfix, zones, public_ip='"mail.example.com"')
+    result = broken.run("diagnose", "--sender-domain", "good.test")
+    assert result.code == 2
+    assert "diagnose.public_ip: not an IP address" in result.stderr
