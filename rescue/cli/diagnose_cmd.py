@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-import time
 
 import click
 
@@ -76,8 +75,7 @@ def diagnose(
     """
     cfg = load_config(ctx)
     chosen = tuple(dict.fromkeys(_domain(d) for d in domains))
-    started = time.monotonic()
-    failed = _diagnose(cfg, chosen, _ip(ip), helo, probe=probe, as_json=as_json, started=started)
+    failed = _diagnose(cfg, chosen, _ip(ip), helo, probe=probe, as_json=as_json)
     if failed:
         ctx.exit(int(ExitCode.PARTIAL))
 
@@ -90,7 +88,6 @@ def _diagnose(
     *,
     probe: bool,
     as_json: bool,
-    started: float,
 ) -> bool:
     """Run every check and print the report; True when a check failed."""
     from rescue.cli.output import console  # noqa: PLC0415  (rich: after the queue listing)
@@ -130,8 +127,8 @@ def _diagnose(
         senders.setdefault(sender.rpartition("@")[2].lower(), sender)
     out = outbound(ip, cfg.diagnose.public_ip, helo, lambda: _helo_from(postfix))
     notes += out.notes
-    budget = max(cfg.diagnose.budget - (time.monotonic() - started), 0.0)
-    dns = DnsLookup(cfg.dns, budget=budget, server_port=cfg.diagnose.ns_port)
+    # The budget bounds the diagnosis (DNS and probes); reading the queue is not part of it.
+    dns = DnsLookup(cfg.dns, budget=cfg.diagnose.budget, server_port=cfg.diagnose.ns_port)
     plan = Plan(
         domains=subjects,
         senders=senders,

@@ -7,6 +7,7 @@ then accepts, and which records every command: the probe never sends DATA.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 from rescue.config import DnsConfig
 from rescue.diagnose import dnsbl, identity
 from rescue.diagnose.lookup import DnsLookup
+from rescue.diagnose.probe import ProbeTarget, probe
 from rescue.diagnose.result import CHECKS, Status
 from rescue.diagnose.run import Outbound, domain_results
 from tests.integration.diagnose_lab import (
@@ -35,6 +37,7 @@ from tests.integration.diagnose_lab import (
 )
 from tests.integration.rescue_cli import Rescue, Result, smarthost_entry
 from tests.lab.authdns import knot_unavailable
+from tests.lab.certs import LabCerts
 from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider
 
@@ -264,3 +267,15 @@ def test_bad_usage_and_config_exit_2(
     result = broken.run("diagnose", "--sender-domain", "good.test")
     assert result.code == 2
     assert "diagnose.public_ip: not an IP address" in result.stderr
+
+
+def test_the_probe_speaks_starttls_and_reports_a_refused_recipient(certs: LabCerts) -> None:
+    """Like Postfix, the probe takes STARTTLS when offered; a refusal at RCPT is the answer."""
+    reply = "550 5.7.1 sender domain has a broken MX"
+    with FakeProvider(reply, "RCPT", starttls=True, certs=certs) as server:
+        target = ProbeTarget("ionos", "mx00.kundenserver.de", "127.0.0.1", "a@b.test", "c@d.test")
+        result = asyncio.run(probe(target, port=server.port, helo=HELO, timeout=10.0))
+        assert result.status is Status.FAIL
+        assert f"refused at RCPT TO: {reply}" in result.detail
+        server.wait_for(lambda: "QUIT" in server.commands, what="the probe's QUIT")
+        assert server.commands == ["MAIL", "RCPT", "RSET", "QUIT"]
