@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dns.rdata
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from rescue.diagnose import dmarc, dnsbl, domain, identity, spfcheck
 from rescue.diagnose.answers import Outcome, dnsbl_name, mx_hosts, reverse_name
+from rescue.diagnose.lookup import record_text
 from rescue.diagnose.result import Status
 from rescue.diagnose.run import Outbound, domain_results
 from tests.unit.diagnose_fakes import FakeDns, soa
@@ -280,3 +284,33 @@ def test_dnsbl_answers() -> None:
 def test_mx_hosts_sorted_by_preference() -> None:
     answer = FakeDns({("x.example", "MX"): ("20 b.example", "10 a.example")}).get("x.example", "MX")
     assert mx_hosts(answer) == [(10, "a.example"), (20, "b.example")]
+
+
+@given(
+    ip=st.ip_addresses(v=4).map(str),
+    listed=st.lists(st.ip_addresses(v=4).map(str), max_size=3),
+    last=st.sampled_from(["-all", "~all", "?all", ""]),
+)
+@example(ip="192.0.2.1", listed=["192.0.2.0"], last="-all")
+def test_the_suggested_spf_record_passes_the_address(ip: str, listed: list[str], last: str) -> None:
+    """The fix spf-ip proposes does what it says: the new record passes the sending IP."""
+    record = " ".join(["v=spf1", *(f"ip4:{a}" for a in listed if a != ip), last]).strip()
+    dns = FakeDns({("example.com", "TXT"): (record,)})
+    assert spfcheck.evaluate(dns, ip, "a@example.com", "h.example.com")[0] != "pass"
+    fixed = FakeDns({("example.com", "TXT"): (spfcheck.with_address(record, ip),)})
+    assert spfcheck.evaluate(fixed, ip, "a@example.com", "h.example.com")[0] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("rdtype", "text", "kept"),
+    [
+        ("MX", "10 Mail.Example.COM.", "10 mail.example.com"),
+        ("MX", "0 .", "0 ."),
+        ("TXT", '"v=spf1 ip4:192.0.2.1 " "-all"', "v=spf1 ip4:192.0.2.1 -all"),
+        ("CNAME", "Host.Example.NET.", "host.example.net"),
+        ("A", "192.0.2.1", "192.0.2.1"),
+    ],
+)
+def test_records_as_the_checks_see_them(rdtype: str, text: str, kept: str) -> None:
+    rdata = dns.rdata.from_text("IN", rdtype, text)
+    assert record_text(rdata) == kept
