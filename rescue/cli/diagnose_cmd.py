@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,10 @@ from rescue.config import Config
 from rescue.errors import PostfixError
 from rescue.exitcodes import ExitCode
 from rescue.postfix.commands import Postfix
+
+if TYPE_CHECKING:
+    from rescue.diagnose.stuck import StuckGroup
+    from rescue.shape import Item
 
 
 def _helo_from(postfix: Postfix) -> str | None:
@@ -80,6 +85,26 @@ def diagnose(
         ctx.exit(int(ExitCode.PARTIAL))
 
 
+def _stuck(
+    cfg: Config, domains: tuple[str, ...], notes: list[str]
+) -> tuple[list[Item], list[StuckGroup]]:
+    """The deferred recipients and their (provider, reason) groups; none when the queue
+    cannot be read and the sender domains were given."""
+    from rescue.cli.queueview import inventory_of  # noqa: PLC0415
+    from rescue.diagnose.stuck import stuck_groups  # noqa: PLC0415
+    from rescue.shape import items  # noqa: PLC0415
+
+    try:
+        view = inventory_of(cfg)
+    except PostfixError as exc:
+        if not domains:
+            raise
+        notes.append(f"the queue could not be read ({exc}): no stuck mail to explain")
+        return [], []
+    entries = list(items(view.inventory.messages, view.inventory.classes))
+    return entries, stuck_groups(entries, view.catalog)
+
+
 def _diagnose(
     cfg: Config,
     domains: tuple[str, ...],
@@ -91,7 +116,6 @@ def _diagnose(
 ) -> bool:
     """Run every check and print the report; True when a check failed."""
     from rescue.cli.output import console  # noqa: PLC0415  (rich: after the queue listing)
-    from rescue.cli.queueview import inventory_of  # noqa: PLC0415
     from rescue.diagnose import report  # noqa: PLC0415
     from rescue.diagnose.explain import explain  # noqa: PLC0415
     from rescue.diagnose.lookup import DnsLookup  # noqa: PLC0415
@@ -104,20 +128,10 @@ def _diagnose(
         run_checks,
         run_probes,
     )
-    from rescue.diagnose.stuck import sender_domains, stuck_groups  # noqa: PLC0415
-    from rescue.shape import items  # noqa: PLC0415
+    from rescue.diagnose.stuck import sender_domains  # noqa: PLC0415
 
     notes: list[str] = []
-    postfix = Postfix(cfg.postfix)
-    try:
-        view = inventory_of(cfg)
-        entries = list(items(view.inventory.messages, view.inventory.classes))
-        groups = stuck_groups(entries, view.catalog)
-    except PostfixError as exc:
-        if not domains:
-            raise
-        notes.append(f"the queue could not be read ({exc}): no stuck mail to explain")
-        entries, groups = [], []
+    entries, groups = _stuck(cfg, domains, notes)
     subjects = domains or tuple(sender_domains(entries))
     if not subjects:
         notes.append("no deferred mail with a sender domain: give --sender-domain DOMAIN")
@@ -125,6 +139,7 @@ def _diagnose(
     for item in entries:
         sender = item.message.sender
         senders.setdefault(sender.rpartition("@")[2].lower(), sender)
+    postfix = Postfix(cfg.postfix)
     out = outbound(ip, cfg.diagnose.public_ip, helo, lambda: _helo_from(postfix))
     notes += out.notes
     # The budget bounds the diagnosis (DNS and probes); reading the queue is not part of it.
