@@ -279,3 +279,18 @@ def test_the_probe_speaks_starttls_and_reports_a_refused_recipient(certs: LabCer
         assert f"refused at RCPT TO: {reply}" in result.detail
         server.wait_for(lambda: "QUIT" in server.commands, what="the probe's QUIT")
         assert server.commands == ["MAIL", "RCPT", "RSET", "QUIT"]
+
+
+def test_given_sender_domains_are_checked_without_postfix(
+    lab_root: Path, postfix: PostfixLab, zones: DiagnoseDns
+) -> None:
+    rescue = _rescue(lab_root, postfix, zones)
+    rescue.command_dir = lab_root / "no-postfix-here"
+    rescue.command_dir.mkdir()
+    result = rescue.run("diagnose", "--sender-domain", "good.test", *IDENTITY, "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    assert "the queue could not be read" in result.stderr
+    assert result.summary["fail"] == 0
+    # Without sender domains there is nothing to check: Postfix's error, exit code 4.
+    result = rescue.run("diagnose", *IDENTITY)
+    assert result.code == 4 and "postqueue not found" in result.stderr
