@@ -5,7 +5,9 @@ for 31 customer domains whose MX is at 1&1/IONOS (a DNS server on loopback
 says so); the "provider" answers every delivery with
 "421 invalid sender domain, possibly misconfigured", so 70 mails pile up in the
 deferred queue. Then queue-rescue shows the queue, previews the reroute and
-flushes it through a local smarthost, which prints what it received.
+flushes it through a local smarthost, which prints what it received, and finally
+tells why the provider refuses the mail: the sender domain's MX record points at a
+CNAME (a Knot DNS server on loopback serves every zone of the story).
 
 Run from the repository root, as root: `scripts/demo` (or `.venv/bin/python -m demo.outage`).
 Nothing outside a temporary folder is touched; the machine's own Postfix is not used.
@@ -20,14 +22,47 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.integration.rescue_cli import Rescue, smarthost_entry
-from tests.lab.dns import DnsServer
+from tests.integration.rescue_cli import SRS_DOMAIN, Rescue, smarthost_entry
+from tests.lab.authdns import AuthoritativeDns, Zone
 from tests.lab.postfix import PostfixLab, Submission
 from tests.lab.smtpd import FakeProvider, RecordingSmarthost
 
 DOMAINS = [f"kunde{n}.example" for n in range(1, 32)]
 IONOS_MX = [(10, "mx00.kundenserver.de"), (10, "mx01.kundenserver.de")]
 OTHER = "partner.example"
+SENDER_DOMAIN = "shop.example"
+SENDING_IP = "203.0.113.25"  # what the providers would see (a documentation address)
+HELO = "out.shop.example"
+BLOCK_LIST = "bl.example"
+NS = ("ns1.shop.example",)
+
+
+def zones() -> list[Zone]:
+    """The story's DNS: customer domains at 1&1, and a sender domain whose MX is an alias."""
+    customers = [Zone(d, "\n".join(f"@ MX {p} {h}." for p, h in IONOS_MX), ns=NS) for d in DOMAINS]
+    shop = Zone(
+        SENDER_DOMAIN,
+        "\n".join(
+            [
+                "@ MX 10 mail",
+                "mail CNAME srv1",  # the fault: an MX must name a host, not an alias
+                "srv1 A 198.51.100.20",
+                f"out A {SENDING_IP}",
+                "ns1 A 127.0.0.1",
+                f'@ TXT "v=spf1 ip4:{SENDING_IP} -all"',
+                '_dmarc TXT "v=DMARC1; p=none"',
+            ]
+        ),
+        ns=NS,
+    )
+    return [
+        *customers,
+        shop,
+        Zone(OTHER, "@ MX 10 mx.partner-hosting.example.", ns=NS),
+        Zone("113.0.203.in-addr.arpa", f"25 PTR {HELO}.", ns=NS),
+        Zone(BLOCK_LIST, ns=NS),
+        Zone(SRS_DOMAIN, '@ MX 10 srv1.shop.example.\n@ TXT "v=spf1 ip4:127.0.0.1 -all"', ns=NS),
+    ]
 
 
 def step(title: str) -> None:
@@ -55,7 +90,7 @@ def show(rescue: Rescue, *args: str, lines: int = 0) -> int:
 
 def message(n: int) -> bytes:
     return (
-        f"From: Buchhaltung <billing@shop.example>\nTo: customer{n}\n"
+        f"From: Buchhaltung <billing@{SENDER_DOMAIN}>\nTo: customer{n}\n"
         f"Subject: Rechnung {1000 + n}\nContent-Type: text/plain; charset=utf-8\n"
         "Content-Transfer-Encoding: 8bit\n\n"
         f"Guten Tag,\n\nanbei Ihre Rechnung Nr. {1000 + n}. Gr\u00fc\u00dfe aus K\u00f6ln.\n"
@@ -72,20 +107,17 @@ def main() -> int:
     root.chmod(0o755)
     provider = FakeProvider(reply="421 invalid sender domain, possibly misconfigured").start()
     smarthost = RecordingSmarthost(hostname="smarthost.example").start()
-    dns = DnsServer().start()
-    for domain in DOMAINS:
-        dns.add_mx(domain, IONOS_MX)
-    dns.add_mx(OTHER, [(10, "mx.partner-hosting.example")])
+    dns = AuthoritativeDns(zones()).start()
     transports = {d: provider.next_hop for d in [*DOMAINS, OTHER]}
     lab = PostfixLab(root / "postfix", transports=transports, name="demo")
     try:
         lab.start()
         step(f"Postfix sends {args.messages} mails to {len(DOMAINS)} customer domains at 1&1")
         lab.submit_many(
-            Submission("billing@shop.example", (f"customer{n}@{DOMAINS[n % 31]}",), message(n))
+            Submission(f"billing@{SENDER_DOMAIN}", (f"customer{n}@{DOMAINS[n % 31]}",), message(n))
             for n in range(args.messages)
         )
-        lab.submit("billing@shop.example", [f"ceo@{OTHER}"], message(999))
+        lab.submit(f"billing@{SENDER_DOMAIN}", [f"ceo@{OTHER}"], message(999))
         lab.wait_deferred(args.messages + 1, timeout=120)
         sample = lab.queue()[0]["recipients"][0]["delay_reason"]
         print(f"{args.messages + 1} mails deferred; Postfix says:\n  {sample}")
@@ -94,7 +126,9 @@ def main() -> int:
             root / "rescue",
             lab,
             smarthosts=[smarthost_entry("relay1", smarthost.port)],
-            extra=f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n',
+            extra=dns.dns_config("2s")
+            + f'\n[diagnose]\npublic_ip = "{SENDING_IP}"\ndnsbl = ["{BLOCK_LIST}"]\n'
+            + f"ns_port = {dns.port}\nprobe_port = {provider.port}\n",
         )
         step("What is stuck, where does it want to go, and why?")
         show(rescue, "scan")
@@ -111,6 +145,8 @@ def main() -> int:
         for entry in lab.queue():
             rcpts = ", ".join(r["address"] for r in entry["recipients"])
             print(f"  {entry['queue_id']} {entry['queue_name']}: {rcpts}")
+        step("Why does the provider refuse the mail? What to fix in DNS")
+        show(rescue, "diagnose", "--probe", "--helo", HELO)
         return code
     finally:
         lab.stop()

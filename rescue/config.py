@@ -8,6 +8,7 @@ or others; their values never appear in a repr, a log line or an error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -147,6 +148,26 @@ class ServiceConfig:
     metrics_listen: tuple[str, int] | None = None
 
 
+# Public DNS block lists queried by `diagnose` by default: Spamhaus ZEN (it refuses
+# queries from public resolvers with 127.255.255.x), SpamCop, and NiX Spam, which many
+# German providers use.
+DEFAULT_DNSBL = ("zen.spamhaus.org", "bl.spamcop.net", "ix.dnsbl.manitu.net")
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnoseConfig:
+    """The `[diagnose]` table: what `queue-rescue diagnose` checks, and how long it may take."""
+
+    # The address providers see this host's mail come from; None: the local address of
+    # the default route (wrong behind NAT).
+    public_ip: str | None = None
+    dnsbl: tuple[str, ...] = DEFAULT_DNSBL
+    probe_port: int = 25  # RFC 5321 section 4.5.4.1: where MX hosts listen
+    budget: float = 60.0  # seconds for the whole run: DNS and probes
+    # Where the sender domains' own name servers are asked (the ns check).
+    ns_port: int = 53
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
@@ -158,6 +179,7 @@ class Config:
     retry: RetryConfig
     dns: DnsConfig
     service: ServiceConfig = ServiceConfig()
+    diagnose: DiagnoseConfig = DiagnoseConfig()
 
 
 # --- loading --------------------------------------------------------------------------
@@ -468,6 +490,30 @@ def _read_service(top: _Table) -> ServiceConfig:
     return cfg
 
 
+def _read_diagnose(top: _Table) -> DiagnoseConfig:
+    t = top.table("diagnose")
+    public_ip = t.get_str("public_ip", None)
+    if public_ip is not None:
+        try:
+            public_ip = str(ipaddress.ip_address(public_ip.strip()))
+        except ValueError:
+            raise t.error("public_ip", f"not an IP address: {public_ip!r}") from None
+    cfg = DiagnoseConfig(
+        public_ip=public_ip,
+        dnsbl=tuple(z.lower().rstrip(".") for z in t.get_str_list("dnsbl", DEFAULT_DNSBL)),
+        probe_port=t.get_int("probe_port", 25, minimum=1),
+        budget=t.get_duration("budget", 60.0),
+        ns_port=t.get_int("ns_port", 53, minimum=1),
+    )
+    for key in ("probe_port", "ns_port"):
+        if getattr(cfg, key) > 65535:
+            raise t.error(key, f"must be at most 65535, got {getattr(cfg, key)}")
+    if cfg.budget <= 0:
+        raise t.error("budget", "must be more than 0")
+    t.finish()
+    return cfg
+
+
 def _host_port(t: _Table, key: str, text: str) -> tuple[str, int]:
     """(host, port) from "127.0.0.1:9465", "[::1]:9465" or "localhost:9465"."""
     host, sep, port = text.strip().rpartition(":")
@@ -510,6 +556,7 @@ def parse_config(path: Path, text: str) -> Config:
         retry=_read_retry(top),
         dns=_read_dns(top),
         service=_read_service(top),
+        diagnose=_read_diagnose(top),
     )
     top.finish()
     return cfg

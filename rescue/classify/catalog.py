@@ -25,6 +25,8 @@ class KnownReason:
     fix: str = ""
     source: str = ""
     examples: tuple[str, ...] = ()
+    # The `diagnose` checks whose findings can cause this reply (rescue.diagnose.result).
+    checks: tuple[str, ...] = ()
 
     def search(self, text: str) -> bool:
         return re.search(self.pattern, text, re.IGNORECASE) is not None
@@ -139,6 +141,7 @@ def _parse_known(item: Any, path: Path, key: str) -> KnownReason:
         fix=str(item.get("fix", "")),
         source=str(item.get("source", "")),
         examples=_as_tuple(item.get("examples", []), path, f"{key}.examples"),
+        checks=_as_tuple(item.get("checks", []), path, f"{key}.checks"),
     )
 
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "flush": "rescue.cli.flush_cmd:flush",
     "export": "rescue.cli.export_cmd:export",
     "check": "rescue.cli.check_cmd:check",
+    "diagnose": "rescue.cli.diagnose_cmd:diagnose",
     "providers": "rescue.cli.providers_cmd:providers",
     "run": "rescue.cli.run_cmd:run",
     "status": "rescue.cli.status_cmd:status",

@@ -94,6 +94,7 @@ def reason_json(known: KnownReason) -> dict[str, Any]:
         "fix": known.fix,
         "source": known.source,
         "examples": list(known.examples),
+        "checks": list(known.checks),
     }
 
 
@@ -165,6 +166,8 @@ def show_reason_table(out: Console, chosen: Sequence[Provider]) -> None:
         text = Text(known.pattern, style="bold")
         text.append(f"\n{known.meaning}")
         text.append(f"\nfix: {known.fix}", style="italic")
+        if known.checks:
+            text.append(f"\ndiagnose checks: {', '.join(known.checks)}")
         if known.source:
             text.append(f"\nsource: {known.source}", style="dim")
         table.add_row(provider.name, helps, text)

@@ -134,8 +134,10 @@ class Postfix:
             raise PostfixError("postconf -h queue_directory failed: " + _text(result.stderr))
         return Path(result.stdout.decode().strip())
 
-    def postconf(self, name: str) -> str:
-        result = self._run([*self._command("postconf"), "-h", name])
+    def postconf(self, name: str, *, expand: bool = False) -> str:
+        """A parameter's value; `expand` replaces $name references (postconf -x)."""
+        flags = ["-x", "-h"] if expand else ["-h"]
+        result = self._run([*self._command("postconf"), *flags, name])
         if result.returncode != 0:
             raise PostfixError(f"postconf -h {name} failed: " + _text(result.stderr))
         return result.stdout.decode("utf-8", "replace").strip()

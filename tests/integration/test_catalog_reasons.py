@@ -199,6 +199,8 @@ def test_providers_lists_the_catalog_merged_with_the_config(
         k.pattern for k in catalog.by_name["ionos"].known
     ]
     assert all({"meaning", "reroute_helps", "fix"} <= set(r) for r in ionos["reasons"])
+    invalid = next(r for r in ionos["reasons"] if r["pattern"] == "invalid sender domain")
+    assert "mx-cname" in invalid["checks"]
     assert listed["acme"]["origin"] == "config" and listed["acme"]["reroute_reasons"] == []
     assert listed["gmx"]["origin"] == "built-in" and listed["gmx"]["reroute_reasons"] is None
 

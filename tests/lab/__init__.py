@@ -1,7 +1,8 @@
-"""The test lab: a private Postfix, fake SMTP servers, a DNS server and certificates.
+"""The test lab: a private Postfix, fake SMTP servers, DNS servers and certificates.
 
 Shared by the integration tests, the benchmark and the demo. This module holds only the
-polling helper every part of the lab uses; the parts live in their own modules.
+polling helper every part of the lab uses; the parts live in their own modules (dns: a
+scriptable resolver for MX lookups; authdns: Knot DNS as an authoritative server).
 """
 
 from __future__ import annotations

@@ -178,6 +178,7 @@ class _Recorder:
         self.faults = _FaultScript()
         self._changed = threading.Condition()
         self.received: list[Received] = []
+        self.commands: list[str] = []  # the verbs of MAIL, RCPT, DATA, RSET, QUIT seen
         self.connections = 0
         self.transactions = 0
 
@@ -185,6 +186,10 @@ class _Recorder:
         with self._changed:
             self.connections += 1
             return self.connections
+
+    def saw(self, verb: str) -> None:
+        with self._changed:
+            self.commands.append(verb)
 
     def transaction_started(self) -> None:
         with self._changed:
@@ -194,6 +199,7 @@ class _Recorder:
         self.faults.clear()
         with self._changed:
             self.received.clear()
+            self.commands.clear()
             self.connections = 0
             self.transactions = 0
 
@@ -350,6 +356,7 @@ class _LabSMTP(SMTP):
         return keywords
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        self.recorder.saw("MAIL")
         if await self.check_helo_needed("EHLO"):
             return
         assert self.session is not None and self.envelope is not None
@@ -380,6 +387,7 @@ class _LabSMTP(SMTP):
         await self.push("250 2.1.0 Ok")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        self.recorder.saw("RCPT")
         if await self.check_helo_needed("EHLO"):
             return
         envelope = self.envelope
@@ -406,7 +414,16 @@ class _LabSMTP(SMTP):
         envelope.rcpt_params.append(tuple(params))
         await self.push("250 2.1.5 Ok")
 
+    async def smtp_RSET(self, arg: str | None) -> None:
+        self.recorder.saw("RSET")
+        await super().smtp_RSET(arg)
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        self.recorder.saw("QUIT")
+        await super().smtp_QUIT(arg)
+
     async def smtp_DATA(self, arg: str | None) -> None:
+        self.recorder.saw("DATA")
         assert self.envelope is not None
         if self.envelope.rcpt_tos and not arg:
             reply = await self.act_out(self.recorder.faults.take("DATA"))
@@ -629,6 +646,12 @@ class RecordingSmarthost(Running):
     def received(self) -> list[Received]:
         with self._recorder._changed:
             return list(self._recorder.received)
+
+    @property
+    def commands(self) -> list[str]:
+        """The verbs of every MAIL, RCPT, DATA, RSET and QUIT command received, in order."""
+        with self._recorder._changed:
+            return list(self._recorder.commands)
 
     @property
     def connections(self) -> int:
