@@ -4,10 +4,10 @@ A throwaway Postfix instance (its own folder, its own loopback ports) sends mail
 for 31 customer domains whose MX is at 1&1/IONOS (a DNS server on loopback
 says so); the "provider" answers every delivery with
 "421 invalid sender domain, possibly misconfigured", so 70 mails pile up in the
-deferred queue. Then queue-rescue shows the queue, previews the reroute and
-flushes it through a local smarthost, which prints what it received, and finally
-tells why the provider refuses the mail: the sender domain's MX record points at a
-CNAME (a Knot DNS server on loopback serves every zone of the story).
+deferred queue. Then queue-rescue shows the queue, tells why the provider refuses
+the mail (the sender domain's MX record points at a CNAME; a Knot DNS server on
+loopback serves every zone of the story), previews the reroute and flushes it
+through a local smarthost, which prints what it received.
 
 Run from the repository root, as root: `scripts/demo` (or `.venv/bin/python -m demo.outage`).
 Nothing outside a temporary folder is touched; the machine's own Postfix is not used.
@@ -133,6 +133,8 @@ def main() -> int:
         step("What is stuck, where does it want to go, and why?")
         show(rescue, "scan")
         show(rescue, "scan", "--reasons")
+        step("Why does 1&1 refuse the mail? What to fix in DNS (the probe sends no mail)")
+        show(rescue, "diagnose", "--probe", "--helo", HELO)
         step("Preview: what would be rerouted (changes nothing)")
         show(rescue, "flush", "--provider", "ionos", "--dry-run", lines=6)
         step("Flush it through the smarthost, with SRS senders")
@@ -145,8 +147,6 @@ def main() -> int:
         for entry in lab.queue():
             rcpts = ", ".join(r["address"] for r in entry["recipients"])
             print(f"  {entry['queue_id']} {entry['queue_name']}: {rcpts}")
-        step("Why does the provider refuse the mail? What to fix in DNS")
-        show(rescue, "diagnose", "--probe", "--helo", HELO)
         return code
     finally:
         lab.stop()
