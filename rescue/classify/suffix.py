@@ -3,6 +3,11 @@
 The public suffix list comes bundled with the publicsuffixlist package and is read
 from there; nothing is downloaded at run time. Names under a suffix the list does not
 know (e.g. `.test`) count their last label as the suffix, as the list's default rule says.
+
+publicsuffixlist rather than tldextract: it reads only the list it ships (new releases
+follow the upstream list), has no dependencies, and has no code path that fetches the
+list over the network; tldextract fetches and caches it on first use unless told not
+to, and brings requests and filelock along.
 """
 
 from __future__ import annotations
