@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from rich.console import Console, JustifyMethod
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -256,7 +257,8 @@ def show_unknown_mx_table(out: Console, found: Sequence[UnknownMx]) -> None:
     ]
     out.file.write("\n")
     headers = ("mx", "recipients", "messages", "hosts", "domains")
-    title = "MX hosts no provider matched, by registered domain (add a [[provider]] for them)"
+    title = "MX hosts no provider matched, by registered domain: a [[provider]] can name them"
+    title = escape(title) if out.is_terminal else title  # rich reads [...] as markup
     show_table(out, title, headers, rows, ("recipients", "messages"))
 
 
