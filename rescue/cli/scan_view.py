@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rescue.classify.catalog import Catalog, KnownReason
+from rescue.classify.classifier import mixed_providers
 from rescue.classify.suffix import registered_domain
 from rescue.cli.output import age, console, json_line, print_table
 from rescue.cli.queueview import QueueView
@@ -102,10 +103,18 @@ def message_json(message: QueuedMessage, classes: Sequence[Classification]) -> d
                 "classified_by": c.classified_by,
                 "reason_matched": c.reason_matched,
                 "note": c.note or None,
+                # For a recipient at MX hosts of no known provider: their registered domain.
+                "mx_domain": _unknown_mx_domain(c),
             }
             for r, c in zip(message.recipients, classes, strict=True)
         ],
     }
+
+
+def _unknown_mx_domain(c: Classification) -> str | None:
+    if c.provider is not None or c.mx is None or mixed_providers(c):
+        return None
+    return registered_domain(c.mx)
 
 
 def reason_json(summary: ReasonSummary, catalog: Catalog) -> dict[str, Any]:

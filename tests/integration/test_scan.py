@@ -295,6 +295,10 @@ def test_json_classifies_every_recipient(rescue: Rescue, lab: PostfixLab) -> Non
             assert case.note in (rcpt["note"] or ""), rcpt
             if case in PROVIDER_CASES:
                 assert rcpt["note"] is None, rcpt  # every MX host of the domain was named
+            if case.domain.startswith("hoster"):
+                assert rcpt["mx_domain"] == "example-hoster.net", rcpt
+            elif case.domain != "elsewhere.test":
+                assert rcpt["mx_domain"] is None, rcpt
             assert "127.0.0.1[127.0.0.1]" in rcpt["reason"], rcpt
             if case.classified_by is not None and case.classified_by.startswith("dns-mx"):
                 assert rcpt["mx"] in case.mx
