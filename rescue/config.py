@@ -137,6 +137,9 @@ class DnsConfig:
     concurrency: int = 20
     # Ask DNS for the MX of recipient domains whose delay reason names no provider host.
     enabled: bool = True
+    # At most this many DNS queries per scan (or service cycle) to recognise MX hosts that
+    # no provider pattern names, through their CNAME, PTR and NS records; 0: never.
+    host_queries: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +474,7 @@ def _read_dns(top: _Table) -> DnsConfig:
         timeout=t.get_duration("timeout", 5.0),
         concurrency=t.get_int("concurrency", 20, minimum=1),
         enabled=t.get_bool("enabled", True),
+        host_queries=t.get_int("host_queries", 200, minimum=0),
     )
     t.finish()
     return cfg

@@ -58,7 +58,8 @@ class Classification:
 
     provider: str | None
     mx: str | None = None  # the MX host that decided it, when one did
-    classified_by: str | None = None  # reason-host | dns-mx | domains | reason-text
+    # reason-host | dns-mx | dns-mx-cname | dns-mx-ptr | dns-mx-ns | domains | reason-text
+    classified_by: str | None = None
     reason_matched: str | None = None  # the provider reason pattern the delay reason matched
     note: str = ""  # e.g. a DNS error, or MX hosts of several providers
 

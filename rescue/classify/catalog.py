@@ -15,6 +15,14 @@ from rescue.config import ProviderConfig
 from rescue.errors import ConfigError
 
 
+def _globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex for host name globs (case-insensitive; `*` may span dots), None for none."""
+    if not patterns:
+        return None
+    parts = (fnmatch.translate(p.lower()) for p in patterns)
+    return re.compile("|".join(f"(?:{p})" for p in parts))
+
+
 @dataclass(frozen=True, slots=True)
 class KnownReason:
     """A reply text a provider is known to send, and what it means."""
@@ -47,13 +55,14 @@ class Provider:
     min_messages: int = 1
     max_per_cycle: int | None = None
     sources: tuple[str, ...] = field(default=())
+    # Real MX host names of this provider, from its documentation or public zone data.
+    mx_examples: tuple[str, ...] = ()
+    # Globs for the provider's name servers: a zone served by them hints at its mail.
+    ns: tuple[str, ...] = ()
 
     @cached_property
     def _mx_regex(self) -> re.Pattern[str] | None:
-        if not self.mx:
-            return None
-        parts = (fnmatch.translate(p.lower()) for p in self.mx)
-        return re.compile("|".join(f"(?:{p})" for p in parts))
+        return _globs(self.mx)
 
     @cached_property
     def _select(self) -> tuple[re.Pattern[str], ...]:
@@ -64,6 +73,14 @@ class Provider:
 
     def owns_mx(self, host: str) -> bool:
         regex = self._mx_regex
+        return regex is not None and regex.match(host.lower().rstrip(".")) is not None
+
+    @cached_property
+    def _ns_regex(self) -> re.Pattern[str] | None:
+        return _globs(self.ns)
+
+    def owns_ns(self, host: str) -> bool:
+        regex = self._ns_regex
         return regex is not None and regex.match(host.lower().rstrip(".")) is not None
 
     def owns_domain(self, domain: str) -> bool:
@@ -102,6 +119,13 @@ class Catalog:
     def for_mx(self, host: str) -> Provider | None:
         for provider in self.providers:
             if provider.owns_mx(host):
+                return provider
+        return None
+
+    def for_ns(self, host: str) -> Provider | None:
+        """The provider whose name servers these are, by the `ns` globs."""
+        for provider in self.providers:
+            if provider.owns_ns(host):
                 return provider
         return None
 
@@ -164,6 +188,11 @@ def parse_catalog(data: dict[str, Any], path: Path) -> tuple[Provider, ...]:
                     for i, r in enumerate(entry.get("reason", []))
                 ),
                 sources=_as_tuple(entry.get("sources", []), path, f"{key}.sources"),
+                mx_examples=tuple(
+                    h.lower()
+                    for h in _as_tuple(entry.get("mx_examples", []), path, f"{key}.mx_examples")
+                ),
+                ns=_as_tuple(entry.get("ns", []), path, f"{key}.ns"),
             )
         )
     return tuple(providers)

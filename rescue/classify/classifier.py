@@ -1,15 +1,17 @@
 """Decide the provider of each pending recipient (pure: DNS answers are passed in).
 
-Order: the host named in the delay reason, the domain's MX hosts in DNS, the
-provider's `domains`, then the reason text alone.
+Order: the host named in the delay reason, the domain's MX hosts in DNS (by name,
+else by the DNS records of the hosts: CNAME, PTR, NS; see mxhosts), the provider's
+`domains`, then the reason text alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from rescue.classify.catalog import Catalog, Provider
 from rescue.classify.dns import MxAnswer
+from rescue.classify.mxhosts import HostOwner
 from rescue.classify.reasons import reason_host
 from rescue.model import Classification, Recipient
 
@@ -45,12 +47,14 @@ def classify_recipient(
     catalog: Catalog,
     mx_answers: Mapping[str, MxAnswer],
     own_relays: Collection[str] = (),
+    host_owners: Mapping[str, HostOwner | None] | None = None,
 ) -> Classification:
     """The provider of one recipient, and how it was decided.
 
     The reason text alone only decides when no host is known: once the delay
     reason or DNS names the destination's hosts and none belongs to a provider,
     the recipient is at no known provider, whatever its reply text resembles.
+    `host_owners`: what DNS showed of MX hosts no pattern names (HostTracer).
     """
     reason = recipient.delay_reason
     notes = []
@@ -93,6 +97,17 @@ def classify_recipient(
                 f"also MX hosts of no known provider: {', '.join(strangers)}" if strangers else ""
             )
             return _result(provider, reason, DNS_MX, host, note)
+        traced = _traced(strangers, catalog, host_owners or {})
+        if len(traced) > 1:
+            return Classification(
+                provider=None,
+                mx=answer.hosts[0],
+                classified_by=DNS_MX,
+                note=SEVERAL_PROVIDERS + ", ".join(sorted(traced)),
+            )
+        if traced:
+            provider, owner = next(iter(traced.values()))
+            return _result(provider, reason, owner.how, owner.host, owner.note)
         hosts_known.extend(strangers)
 
     provider = catalog.for_domain(recipient.domain)
@@ -109,6 +124,19 @@ def classify_recipient(
     return Classification(
         provider=None, mx=hosts_known[0] if hosts_known else None, note="; ".join(notes)
     )
+
+
+def _traced(
+    hosts: Sequence[str], catalog: Catalog, host_owners: Mapping[str, HostOwner | None]
+) -> dict[str, tuple[Provider, HostOwner]]:
+    """The providers DNS showed behind `hosts`, each with its first host, in MX order."""
+    found: dict[str, tuple[Provider, HostOwner]] = {}
+    for host in hosts:
+        owner = host_owners.get(host)
+        provider = catalog.by_name.get(owner.provider) if owner is not None else None
+        if owner is not None and provider is not None:
+            found.setdefault(provider.name, (provider, owner))
+    return found
 
 
 def mixed_providers(classification: Classification) -> tuple[str, ...]:

@@ -1,4 +1,8 @@
-"""Asynchronous MX lookups: one per distinct domain, concurrent up to a limit, cached per TTL."""
+"""Asynchronous DNS lookups, concurrent up to a limit, cached per TTL.
+
+MX records: one lookup per distinct recipient domain. Other records (CNAME, A, AAAA,
+PTR, NS; see mxhosts): one per distinct name and type, within a budget.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,32 @@ class MxAnswer:
     hosts: tuple[str, ...] = ()  # most preferred first
     error: str | None = None
     expires: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The names (or addresses) one question got: CNAME target, PTR names, NS names, A."""
+
+    name: str
+    rdtype: str
+    values: tuple[str, ...] = ()
+    error: str | None = None  # NXDOMAIN, no answer, a failure, or "not asked (budget)"
+    expires: float = 0.0
+
+
+class Budget:
+    """How many more queries a run may send for one purpose (MX host recognition)."""
+
+    def __init__(self, queries: int) -> None:
+        self.left = queries
+        self.refused = 0  # questions not asked because the budget was spent
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            self.refused += 1
+            return False
+        self.left -= 1
+        return True
 
 
 def normal_domain(domain: str) -> str:
@@ -72,7 +102,10 @@ class MxResolver:
         self._timeout = cfg.timeout
         self._limit = asyncio.Semaphore(cfg.concurrency)
         self._clock = clock
+        self.host_queries = cfg.host_queries  # the budget of a run for MX host recognition
         self._cache: dict[str, MxAnswer] = {}
+        self._records: dict[tuple[str, str], Records] = {}
+        self._asking: dict[tuple[str, str], asyncio.Future[Records]] = {}
         self.queries = 0
 
     async def lookup(self, domain: str) -> MxAnswer:
@@ -96,6 +129,64 @@ class MxResolver:
         now = self._clock()
         for domain in [d for d, a in self._cache.items() if a.expires <= now]:
             del self._cache[domain]
+        for key in [k for k, r in self._records.items() if r.expires <= now]:
+            del self._records[key]
+
+    async def records(self, name: str, rdtype: str, budget: Budget) -> Records:
+        """One question, asked once while its answer lives; none past the budget.
+
+        Concurrent callers of the same question share one query.
+        """
+        key = (normal_domain(name), rdtype)
+        cached = self._records.get(key)
+        if cached is not None and cached.expires > self._clock():
+            return cached
+        asking = self._asking.get(key)
+        if asking is not None:
+            return await asking
+        if not budget.take():
+            return Records(key[0], rdtype, error="not asked: DNS budget spent")
+        future: asyncio.Future[Records] = asyncio.get_running_loop().create_future()
+        self._asking[key] = future
+        try:
+            async with self._limit:
+                found = await self._query_records(*key)
+            self._records[key] = found
+            future.set_result(found)
+        finally:
+            del self._asking[key]
+            if not future.done():
+                future.cancel()
+        return found
+
+    async def _query_records(self, name: str, rdtype: str) -> Records:
+        if self._resolver is None:
+            self._resolver = _make_resolver(self._cfg)
+        import dns.exception  # noqa: PLC0415  (loaded by _make_resolver; see there)
+        import dns.resolver  # noqa: PLC0415
+
+        self.queries += 1
+        now = self._clock()
+        failed = now + NEGATIVE_TTL
+        try:
+            answer = await self._resolver.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            return Records(name, rdtype, error="NXDOMAIN", expires=failed)
+        except dns.resolver.NoAnswer:
+            return Records(name, rdtype, expires=failed)
+        except dns.resolver.NoNameservers as exc:
+            return Records(name, rdtype, error=_failure_text(exc), expires=failed)
+        except dns.exception.Timeout:
+            return Records(name, rdtype, error="DNS timeout", expires=failed)
+        except dns.exception.DNSException as exc:
+            return Records(name, rdtype, error=f"DNS error: {exc}", expires=failed)
+        values = tuple(
+            r.to_text().rstrip(".").lower()
+            for r in answer
+            if r.rdtype == answer.rdtype  # the records asked for, not a chain's CNAMEs
+        )
+        ttl = answer.rrset.ttl if answer.rrset is not None else 0
+        return Records(name, rdtype, values=values, expires=now + ttl)
 
     async def _query(self, domain: str) -> MxAnswer:
         if self._resolver is None:

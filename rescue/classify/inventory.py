@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from rescue.classify.catalog import Catalog
 from rescue.classify.classifier import classify_recipient
-from rescue.classify.dns import MxAnswer, MxResolver
+from rescue.classify.dns import Budget, MxAnswer, MxResolver
+from rescue.classify.mxhosts import HostOwner, HostTracer
 from rescue.classify.reasons import reason_host
 from rescue.model import Classification, QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine
@@ -61,20 +62,37 @@ class _Classifier:
     """classify_recipient, once per distinct (domain, delay reason): nothing else counts."""
 
     def __init__(
-        self, catalog: Catalog, answers: Mapping[str, MxAnswer], own_relays: Collection[str]
+        self,
+        catalog: Catalog,
+        answers: Mapping[str, MxAnswer],
+        own_relays: Collection[str],
+        host_owners: Mapping[str, HostOwner | None],
     ) -> None:
         self._catalog = catalog
         self._answers = answers
         self._relays = own_relays
+        self._owners = host_owners
         self._seen: dict[tuple[str, str], Classification] = {}
 
     def __call__(self, recipient: Recipient) -> Classification:
         key = (recipient.domain, recipient.delay_reason)
         found = self._seen.get(key)
         if found is None:
-            found = classify_recipient(recipient, self._catalog, self._answers, self._relays)
+            found = classify_recipient(
+                recipient, self._catalog, self._answers, self._relays, self._owners
+            )
             self._seen[key] = found
         return found
+
+
+def unnamed_hosts(answers: Iterable[MxAnswer], catalog: Catalog) -> set[str]:
+    """MX hosts of domains none of whose MX hosts a provider pattern names."""
+    hosts: set[str] = set()
+    for answer in answers:
+        if answer.error or any(catalog.for_mx(h) is not None for h in answer.hosts):
+            continue
+        hosts.update(answer.hosts)
+    return hosts
 
 
 @contextlib.contextmanager
@@ -150,7 +168,13 @@ async def inventory_parts(
     relays = frozenset(h.lower() for h in own_relays)
     hosts = _ReasonHosts(catalog, relays)
     answers: dict[str, MxAnswer] = {}
-    classify = _Classifier(catalog, answers, relays)
+    owners: dict[str, HostOwner | None] = {}
+    tracer = (
+        HostTracer(resolver, catalog, Budget(resolver.host_queries))
+        if resolver is not None and resolver.host_queries > 0
+        else None
+    )
+    classify = _Classifier(catalog, answers, relays, owners)
     entries = iter(listing)
     first = True
     while True:
@@ -169,7 +193,11 @@ async def inventory_parts(
             return
         new = domains.difference(answers)
         if resolver is not None and new:
-            answers.update(await resolver.lookup_all(new))
+            found = await resolver.lookup_all(new)
+            answers.update(found)
+            if tracer is not None:
+                unnamed = unnamed_hosts(found.values(), catalog).difference(owners)
+                owners.update(await tracer.trace_all(unnamed))
         part.dns_queries = resolver.queries if resolver is not None else 0
         for message in part.messages:
             part.classes[message.queue_id] = tuple(classify(r) for r in message.recipients)

@@ -302,3 +302,64 @@ def unclassified(entries: Iterable[Item]) -> list[Unclassified]:
     ]
     found.sort(key=lambda u: (-u.recipients, u.domain))
     return found
+
+
+# --- MX hosts no provider matched --------------------------------------------------------
+
+# Hosts and recipient domains an unknown-MX group names before "+N" in the table.
+SHOWN_NAMES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownMx:
+    """Recipients whose MX hosts no provider matched, grouped by the hosts' registered domain.
+
+    What an admin needs to add a [[provider]]: the hosts and how much mail waits there.
+    """
+
+    domain: str  # the registered domain of the MX hosts, e.g. example-hoster.net
+    recipients: int
+    messages: int
+    hosts: tuple[str, ...]  # the MX hosts seen, most recipients first
+    domains: tuple[tuple[str, int], ...]  # recipient domains, most recipients first
+
+    @property
+    def pattern(self) -> str:
+        """A glob for [[provider]] mx that names every host of the registered domain."""
+        return f"*.{self.domain}"
+
+
+def unknown_mx(entries: Iterable[Item], registered: Callable[[str], str]) -> list[UnknownMx]:
+    """Recipients at MX hosts of no known provider, by `registered` domain, most first.
+
+    Only recipients whose MX host is known count: not those whose lookup failed, nor
+    those at MX hosts of several providers.
+    """
+    groups: dict[str, _Group] = {}
+    hosts: dict[str, Counter[str]] = {}
+    names: dict[str, str] = {}  # host -> registered domain, asked once per host
+    for item in entries:
+        cls = item.classification
+        if cls.provider is not None or cls.mx is None or mixed_providers(cls):
+            continue
+        domain = names.get(cls.mx)
+        if domain is None:
+            domain = names[cls.mx] = registered(cls.mx)
+        group = groups.get(domain)
+        if group is None:
+            group = groups[domain] = _Group(item)
+            hosts[domain] = Counter()
+        group.add(item)
+        hosts[domain][cls.mx] += 1
+    found = [
+        UnknownMx(
+            domain=domain,
+            recipients=group.domains.total(),
+            messages=len(group.messages),
+            hosts=tuple(host for host, _ in hosts[domain].most_common()),
+            domains=tuple(group.domains.most_common()),
+        )
+        for domain, group in groups.items()
+    ]
+    found.sort(key=lambda u: (-u.recipients, u.domain))
+    return found

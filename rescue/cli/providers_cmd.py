@@ -33,7 +33,8 @@ def providers(
 
     For each provider (all, or the NAMES given): its MX host patterns, the
     domains it hosts, the reply texts it is known to send with what they mean,
-    whether rerouting can help and what to fix, and the reroute policy.
+    whether rerouting can help and what to fix, and the reroute policy. With
+    NAMES, the table of their known reply texts follows the summary.
     """
     overrides = () if builtin else load_config(ctx).providers
     catalog = load_catalog(overrides)
@@ -46,8 +47,12 @@ def providers(
     out = console()
     if show_reasons:
         show_reason_table(out, chosen)
-    else:
-        show_summary(out, chosen, origins)
+        return
+    show_summary(out, chosen, origins)
+    if names and any(provider.known for provider in chosen):
+        # Named providers: their patterns above, and what their replies mean below.
+        out.file.write("\n")
+        show_reason_table(out, chosen)
 
 
 def choose(catalog: Catalog, names: Sequence[str]) -> list[Provider]:
@@ -104,6 +109,8 @@ def provider_json(provider: Provider, origin: str) -> dict[str, Any]:
         "label": provider.label,
         "origin": origin,
         "mx": list(provider.mx),
+        "mx_examples": list(provider.mx_examples),
+        "ns": list(provider.ns),
         "domains": list(provider.domains),
         "sources": list(provider.sources),
         "reroute": provider.reroute,

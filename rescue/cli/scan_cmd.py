@@ -38,6 +38,12 @@ BY_CHOICES = ("provider", "domain", "reason", "sender-domain")
     is_flag=True,
     help="One JSON object per queued message (with --reasons: per distinct reason).",
 )
+@click.option(
+    "--unknown-mx",
+    "show_unknown_mx",
+    is_flag=True,
+    help="Only list the MX hosts no provider matched, by registered domain, with counts.",
+)
 @click.option("--no-dns", is_flag=True, help="Do not look up MX records.")
 @click.option(
     "--spool",
@@ -47,15 +53,22 @@ BY_CHOICES = ("provider", "domain", "reason", "sender-domain")
 )
 @click.pass_context
 def scan(
-    ctx: click.Context, by: str, show_reasons: bool, as_json: bool, no_dns: bool, spool: Path | None
+    ctx: click.Context,
+    by: str,
+    show_reasons: bool,
+    as_json: bool,
+    show_unknown_mx: bool,
+    no_dns: bool,
+    spool: Path | None,
 ) -> None:
     """Show the deferred queue like qshape, by provider and age.
 
     Rows count pending recipients per age bucket (minutes; a bucket holds ages
     below its limit, 1280+ the rest) and the messages they belong to. Recipients
     no provider could be named for are listed below the table with the reason
-    (a DNS error, MX hosts of several providers). Output is a table on a
-    terminal and tab-separated when piped.
+    (a DNS error, MX hosts of several providers), and then the MX hosts no
+    provider matched, grouped by registered domain with recipient counts.
+    Output is a table on a terminal and tab-separated when piped.
     """
     cfg = load_config(ctx)
     if spool is None:
@@ -70,4 +83,11 @@ def scan(
     from rescue.cli.queueview import inventory_of  # noqa: PLC0415
 
     view = inventory_of(cfg, use_dns=not no_dns, source=source, listing=listing)
-    scan_view.show(view, by=by, show_reasons=show_reasons, as_json=as_json, no_dns=no_dns)
+    scan_view.show(
+        view,
+        by=by,
+        show_reasons=show_reasons,
+        as_json=as_json,
+        no_dns=no_dns,
+        show_unknown_mx=show_unknown_mx,
+    )

@@ -8,12 +8,15 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from rich.console import Console, JustifyMethod
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from rescue.classify.catalog import Catalog, KnownReason
+from rescue.classify.classifier import mixed_providers
 from rescue.classify.shape import (
     BUCKET_LABELS,
+    SHOWN_NAMES,
     UNKNOWN,
     By,
     Item,
@@ -21,11 +24,14 @@ from rescue.classify.shape import (
     Row,
     Shape,
     Unclassified,
+    UnknownMx,
     items,
     reasons,
     shape,
     unclassified,
+    unknown_mx,
 )
+from rescue.classify.suffix import registered_domain
 from rescue.cli.output import age, console, json_line, print_table
 from rescue.cli.queueview import QueueView
 from rescue.model import Classification, QueuedMessage
@@ -36,10 +42,26 @@ SHOWN_PROVIDERS = 3
 REASON_COLUMNS = ("recipients", "messages", "provider", "reroute_helps", "reason", "meaning", "fix")
 
 
-def show(view: QueueView, *, by: str, show_reasons: bool, as_json: bool, no_dns: bool) -> None:
+def show(
+    view: QueueView,
+    *,
+    by: str,
+    show_reasons: bool,
+    as_json: bool,
+    no_dns: bool,
+    show_unknown_mx: bool = False,
+) -> None:
     """Print the inventory as the options ask."""
     inventory = view.inventory
     now = time.time()
+    if show_unknown_mx:
+        found = unknown_mx(items(inventory.messages, inventory.classes), registered_domain)
+        if as_json:
+            for group in found:
+                json_line(unknown_mx_json(group))
+        else:
+            show_unknown_mx_table(console(), found)
+        return
     if as_json and not show_reasons:
         for message in inventory.messages:
             json_line(message_json(message, inventory.classes[message.queue_id]), flush=False)
@@ -57,6 +79,7 @@ def show(view: QueueView, *, by: str, show_reasons: bool, as_json: bool, no_dns:
     out = console()
     show_shape(out, shape(deferred, By(by), now), view.catalog)
     show_unclassified(out, unclassified(deferred))
+    show_unknown_mx_table(out, unknown_mx(deferred, registered_domain))
     if out.is_terminal:
         out.print(footer(view, deferred, now, no_dns=no_dns), highlight=False)
 
@@ -80,10 +103,18 @@ def message_json(message: QueuedMessage, classes: Sequence[Classification]) -> d
                 "classified_by": c.classified_by,
                 "reason_matched": c.reason_matched,
                 "note": c.note or None,
+                # For a recipient at MX hosts of no known provider: their registered domain.
+                "mx_domain": _unknown_mx_domain(c),
             }
             for r, c in zip(message.recipients, classes, strict=True)
         ],
     }
+
+
+def _unknown_mx_domain(c: Classification) -> str | None:
+    if c.provider is not None or c.mx is None or mixed_providers(c):
+        return None
+    return registered_domain(c.mx)
 
 
 def reason_json(summary: ReasonSummary, catalog: Catalog) -> dict[str, Any]:
@@ -106,6 +137,17 @@ def reason_json(summary: ReasonSummary, catalog: Catalog) -> dict[str, Any]:
         "fix": known.fix if known else None,
         "source": known.source if known else None,
         "selected": summary.selected,
+    }
+
+
+def unknown_mx_json(group: UnknownMx) -> dict[str, Any]:
+    return {
+        "mx_domain": group.domain,
+        "pattern": group.pattern,
+        "recipients": group.recipients,
+        "messages": group.messages,
+        "hosts": list(group.hosts),
+        "domains": dict(group.domains),
     }
 
 
@@ -203,6 +245,32 @@ def show_unclassified(out: Console, found: Sequence[Unclassified]) -> None:
     show_table(out, title, headers, rows, ("recipients", "messages"))
 
 
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:SHOWN_NAMES])
+    return shown + (f" +{len(names) - SHOWN_NAMES}" if len(names) > SHOWN_NAMES else "")
+
+
+def show_unknown_mx_table(out: Console, found: Sequence[UnknownMx]) -> None:
+    """Recipients at MX hosts of no known provider, e.g. 37 at *.example-hoster.net."""
+    if not found:
+        return
+    rows: list[list[Cell]] = [
+        [
+            Text(u.pattern, style="bold"),
+            str(u.recipients),
+            str(u.messages),
+            _some(u.hosts),
+            _some([domain for domain, _ in u.domains]),
+        ]
+        for u in found
+    ]
+    out.file.write("\n")
+    headers = ("mx", "recipients", "messages", "hosts", "domains")
+    title = "MX hosts no provider matched, by registered domain: a [[provider]] can name them"
+    title = escape(title) if out.is_terminal else title  # rich reads [...] as markup
+    show_table(out, title, headers, rows, ("recipients", "messages"))
+
+
 _HELPS_STYLE = {"yes": "green", "no": "red", "?": "dim"}
 
 
@@ -253,7 +321,7 @@ def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
 def footer(view: QueueView, deferred: Sequence[Item], now: float, *, no_dns: bool) -> str:
     messages = len({item.message.queue_id for item in deferred})
     domains = len({item.recipient.domain for item in deferred})
-    dns = "no DNS lookups (--no-dns)" if no_dns else f"{view.inventory.dns_queries} MX lookups"
+    dns = "no DNS lookups (--no-dns)" if no_dns else f"{view.inventory.dns_queries} DNS queries"
     oldest = max((now - i.message.arrival_time for i in deferred), default=0.0)
     return (
         f"{messages} deferred messages, {len(deferred)} recipients at {domains} domains; "

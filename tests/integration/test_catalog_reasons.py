@@ -67,7 +67,9 @@ def catalog_examples() -> list[Example]:
             for text in known.examples:
                 domain = f"ex{len(found):03d}.{provider.name}.test"
                 found.append(Example(domain, provider.name, known, text, "RCPT"))
-        first = next(k for k in provider.known if k.examples)
+        first = next((k for k in provider.known if k.examples), None)
+        if first is None:
+            continue  # a provider with no reply texts known (yet)
         found.append(
             Example(
                 f"at-mail.{provider.name}.test", provider.name, first, first.examples[0], "MAIL"
@@ -205,8 +207,13 @@ def test_providers_lists_the_catalog_merged_with_the_config(
     assert listed["gmx"]["origin"] == "built-in" and listed["gmx"]["reroute_reasons"] is None
 
     table = runner.invoke(providers, ["acme", "ionos"], obj=State(str(config)))
-    header, *rows = [line.split("\t") for line in table.output.splitlines()]
+    summary, _, known = table.output.partition("\n\n")
+    header, *rows = [line.split("\t") for line in summary.splitlines()]
     assert header[0] == "name" and [row[0] for row in rows] == ["acme", "ionos"]
+    # Named providers: their known reply texts follow.
+    header, *rows = [line.split("\t") for line in known.splitlines()]
+    assert header[:3] == ["provider", "reroute_helps", "pattern"]
+    assert [row[2] for row in rows] == [k.pattern for k in catalog.by_name["ionos"].known]
 
     reasons = runner.invoke(providers, ["--reasons", "--builtin", "free"])
     header, *rows = [line.split("\t") for line in reasons.output.splitlines()]

@@ -3,11 +3,13 @@
 Postfix routes every test domain to a fake provider on 127.0.0.1 (transport_maps), so
 each delay reason names 127.0.0.1 and only the domain's MX records in our DNS server
 can say which provider the mail is stuck at. Besides one domain per catalog provider
-the queue holds recipients whose reason names no provider host (connection refused),
-domains whose lookup fails (SERVFAIL, NXDOMAIN, timeout) and fall back to the provider
-domains or the reply text or stay unknown, a domain with MX hosts of two providers,
-and one with MX hosts of none. A second Postfix holds a big queue to few domains, to
-count DNS queries.
+(its MX records: the provider's real MX host names listed in the catalog) the queue
+holds recipients whose reason names no provider host (connection refused), domains
+whose lookup fails (SERVFAIL, NXDOMAIN, timeout) and fall back to the provider domains
+or the reply text or stay unknown, a domain with MX hosts of two providers, domains
+whose own MX host name leads to a provider through its CNAME, PTR or zone NS records,
+and domains with MX hosts of none (listed by registered domain). A second Postfix holds
+a big queue to few domains, to count DNS queries.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -43,25 +46,13 @@ ORANGE_REPLY = (
     "421 mwinf5c79 ME Trop de connexions, veuillez verifier votre configuration. "
     "Too many connections, slow down. OFR005_104 [104]"
 )
-DNS_TIMEOUT = 0.5  # seconds; the "timeout" domain costs this much per scan
+# Seconds; the "timeout" domain costs this much per scan. Every other question is answered
+# at once, but a scan asks ~150 of them at a time on a busy machine: 2 s leaves room.
+DNS_TIMEOUT = 2.0
 
-# A real-looking MX host for each catalog provider, matched by its `mx` globs.
-PROVIDER_MX = {
-    "ionos": ("mx00.kundenserver.de", "mx01.kundenserver.de"),
-    "gmx": ("mx00.gmx.net", "mx01.gmx.net"),
-    "webde": ("mx-ha03.web.de",),
-    "t-online": ("mx00.t-online.de", "mx02.t-online.de"),
-    "microsoft-consumer": ("hotmail-com.olc.protection.outlook.com",),
-    "microsoft-365": ("kunde-de.mail.protection.outlook.com",),
-    "google": ("aspmx.l.google.com", "alt1.aspmx.l.google.com"),
-    "yahoo": ("mta5.am0.yahoodns.net", "mta6.am0.yahoodns.net"),
-    "icloud": ("mx01.mail.icloud.com", "mx02.mail.icloud.com"),
-    "orange": ("smtp-in.orange.fr",),
-    "free": ("mx1.free.fr", "mx2.free.fr"),
-    "mailru": ("mxs.mail.ru",),
-    "yandex": ("mx.yandex.net",),
-    "comcast": ("mx1a1.comcast.net", "mx2c1.comcast.net"),
-}
+# The real MX host names of each catalog provider (from its documentation or public zone
+# data, listed in the catalog), all of them the MX records of one test domain.
+PROVIDER_MX = {p.name: p.mx_examples for p in load_catalog().providers}
 
 
 @dataclass(frozen=True)
@@ -76,6 +67,7 @@ class Case:
     mx: tuple[str, ...] = ()  # MX records in our DNS server
     failure: Failure | None = None  # or: the DNS server fails for this domain
     route: str = "neutral"  # neutral | orange | closed: where Postfix sends it
+    records: tuple[tuple[str, str, str], ...] = ()  # more DNS records: (name, type, data)
 
 
 def provider_cases() -> list[Case]:
@@ -113,8 +105,60 @@ SPECIAL_CASES = [
     Case("slow.test", 1, None, None, "DNS timeout", failure="timeout"),
     # Named like a GMX MX host, but a failed lookup is never guessed from the name.
     Case("mx07.gmx.net", 1, None, None, "SERVFAIL", failure="servfail"),
+    # The company's own MX host name; its DNS records lead to the provider.
+    Case(
+        "cname-kunde.test",
+        2,
+        "ionos",
+        "dns-mx-cname",
+        "mx.cname-kunde.test: CNAME mx00.kundenserver.de",
+        mx=("mx.cname-kunde.test",),
+        records=(("mx.cname-kunde.test", "CNAME", "mx00.kundenserver.de."),),
+    ),
+    Case(
+        "ptr-kunde.test",
+        1,
+        "hornetsecurity",
+        "dns-mx-ptr",
+        "mail.ptr-kunde.test: PTR mx01.hornetsecurity.com",
+        mx=("mail.ptr-kunde.test",),
+        records=(
+            ("mail.ptr-kunde.test", "A", "192.0.2.41"),
+            ("41.2.0.192.in-addr.arpa", "PTR", "mx01.hornetsecurity.com."),
+        ),
+    ),
+    Case(
+        "ns-kunde.test",
+        1,
+        "strato",
+        "dns-mx-ns",
+        "mx.ns-kunde.test: NS docks15.rzone.de",
+        mx=("mx.ns-kunde.test",),
+        records=(
+            ("mx.ns-kunde.test", "A", "192.0.2.42"),
+            ("ns-kunde.test", "NS", "docks15.rzone.de."),
+        ),
+    ),
+    # MX hosts of a hoster the catalog does not know: listed by registered domain.
+    Case(
+        "hoster1.test",
+        3,
+        None,
+        None,
+        "mx1.mail.example-hoster.net: no known provider",
+        mx=("mx1.mail.example-hoster.net",),
+    ),
+    Case(
+        "hoster2.test",
+        1,
+        None,
+        None,
+        "mx2.mail.example-hoster.net: no known provider",
+        mx=("mx2.mail.example-hoster.net",),
+    ),
 ]
-CASES = provider_cases() + SPECIAL_CASES
+PROVIDER_CASES = provider_cases()
+CASES = PROVIDER_CASES + SPECIAL_CASES
 BY_DOMAIN = {case.domain: case for case in CASES}
 # One message from the null sender to three domains: counted once per row it touches.
 SHARED = ("kunde-ionos.test", "kunde-google.test", "broken.test")
@@ -153,6 +197,8 @@ def dns() -> Iterator[DnsServer]:
     with DnsServer() as server:
         for case in CASES:
             server.add_mx(case.domain, [(10 * (i + 1), host) for i, host in enumerate(case.mx)])
+            for name, rdtype, data in case.records:
+                server.add(name, rdtype, data)
             if case.failure is not None:
                 server.set_failure(case.domain, case.failure)
         yield server
@@ -247,8 +293,14 @@ def test_json_classifies_every_recipient(rescue: Rescue, lab: PostfixLab) -> Non
                 case.classified_by,
             ), rcpt
             assert case.note in (rcpt["note"] or ""), rcpt
+            if case in PROVIDER_CASES:
+                assert rcpt["note"] is None, rcpt  # every MX host of the domain was named
+            if case.domain.startswith("hoster"):
+                assert rcpt["mx_domain"] == "example-hoster.net", rcpt
+            elif case.domain != "elsewhere.test":
+                assert rcpt["mx_domain"] is None, rcpt
             assert "127.0.0.1[127.0.0.1]" in rcpt["reason"], rcpt
-            if case.classified_by == "dns-mx" and case.provider is not None:
+            if case.classified_by is not None and case.classified_by.startswith("dns-mx"):
                 assert rcpt["mx"] in case.mx
     assert seen == set(BY_DOMAIN)
     shared = next(m for m in messages if len(m["recipients"]) == 3)
@@ -273,7 +325,7 @@ def test_table_by_provider_counts_recipients_and_messages(rescue: Rescue) -> Non
     assert order == sorted(order, key=lambda k: (-expected[k][1], k))
 
     # Below: each domain no provider could be named for, and why.
-    (problems,) = rest
+    problems, unknown_mx = rest
     assert problems[0] == ["domain", "provider", "recipients", "messages", "why"]
     why = rows_by_key(problems)
     assert set(why) == {c.domain for c in CASES if c.provider is None}
@@ -285,9 +337,19 @@ def test_table_by_provider_counts_recipients_and_messages(rescue: Rescue) -> Non
     assert "mail.elsewhere.test" in why["elsewhere.test"]["why"]
     assert why["mx07.gmx.net"]["provider"] == "unknown"
 
+    # Then the MX hosts no provider matched, by registered domain, with counts.
+    assert unknown_mx[0] == ["mx", "recipients", "messages", "hosts", "domains"]
+    hosts = rows_by_key(unknown_mx)
+    assert set(hosts) == {"*.example-hoster.net", "*.elsewhere.test"}
+    hoster = hosts["*.example-hoster.net"]
+    assert (hoster["recipients"], hoster["messages"]) == ("4", "4")
+    assert hoster["hosts"] == "mx1.mail.example-hoster.net, mx2.mail.example-hoster.net"
+    assert hoster["domains"] == "hoster1.test, hoster2.test"
+    assert [row[0] for row in unknown_mx[1:]] == ["*.example-hoster.net", "*.elsewhere.test"]
+
 
 def test_table_by_domain(rescue: Rescue) -> None:
-    table, _problems = blocks(run(rescue, "--by", "domain").stdout)
+    table, *_below = blocks(run(rescue, "--by", "domain").stdout)
     assert table[0] == ["domain", "provider", "messages", "T", *BUCKETS]
     rows = rows_by_key(table)
     for domain, (messages, recipients) in expected_rows(by_domain=True).items():
@@ -297,13 +359,13 @@ def test_table_by_domain(rescue: Rescue) -> None:
 
 
 def test_table_by_sender_domain_and_reason(rescue: Rescue) -> None:
-    table, _ = blocks(run(rescue, "--by", "sender-domain").stdout)
+    table, *_ = blocks(run(rescue, "--by", "sender-domain").stdout)
     rows = rows_by_key(table)
     assert set(rows) == {"TOTAL", "sender0.test", "sender1.test", "MAILER-DAEMON"}
     assert rows["MAILER-DAEMON"]["T"] == "3"
     assert rows["MAILER-DAEMON"]["messages"] == "1"
 
-    table, _ = blocks(run(rescue, "--by", "reason").stdout)
+    table, *_ = blocks(run(rescue, "--by", "reason").stdout)
     rows = rows_by_key(table)
     refused = [key for key in rows if key.endswith("Connection refused")]
     assert len(refused) == 1 and rows[refused[0]]["provider"] == "yandex"
@@ -336,7 +398,47 @@ def test_one_dns_query_per_distinct_domain(rescue: Rescue, dns: DnsServer) -> No
     before = dns.queries
     run(rescue, "--json")
     asked = dns.queries - before
-    assert asked == Counter({(case.domain, "MX"): 1 for case in CASES})
+    mx = Counter({key: n for key, n in asked.items() if key[1] == "MX"})
+    assert mx == Counter({(case.domain, "MX"): 1 for case in CASES})
+    # MX hosts no pattern names are looked up further, each question once; the two
+    # hosts at example-hoster.net share one NS question.
+    assert set(asked.values()) == {1}
+    assert ("mx.cname-kunde.test", "CNAME") in asked
+    assert ("mx.cname-kunde.test", "A") not in asked  # the CNAME named the provider
+    assert ("41.2.0.192.in-addr.arpa", "PTR") in asked
+    assert ("ns-kunde.test", "NS") in asked and ("example-hoster.net", "NS") in asked
+    # Hosts a pattern names are not looked up at all.
+    assert not [key for key in asked if key[0].endswith(".kundenserver.de")]
+
+
+def test_dns_query_budget_leaves_hosts_unrecognised(
+    tmp_path: Path, lab: PostfixLab, dns: DnsServer, providers: dict[str, FakeProvider]
+) -> None:
+    rescue = Rescue(
+        tmp_path,
+        lab,
+        smarthosts=[smarthost_entry("relay", providers["neutral"].port)],
+        extra=dns_config(dns) + "host_queries = 0\n",
+    )
+    before = dns.queries
+    lines = run(rescue, "--json").lines
+    asked = dns.queries - before
+    assert {rdtype for _, rdtype in asked} == {"MX"}
+    found = {r["address"].rpartition("@")[2]: r for m in lines for r in m["recipients"]}
+    assert found["cname-kunde.test"]["provider"] is None
+    assert found["cname-kunde.test"]["mx"] == "mx.cname-kunde.test"
+
+
+def test_unknown_mx_alone_as_json(rescue: Rescue) -> None:
+    lines = run(rescue, "--unknown-mx", "--json").lines
+    assert [line["mx_domain"] for line in lines] == ["example-hoster.net", "elsewhere.test"]
+    hoster = lines[0]
+    assert hoster["pattern"] == "*.example-hoster.net"
+    assert (hoster["recipients"], hoster["messages"]) == (4, 4)
+    assert hoster["domains"] == {"hoster1.test": 3, "hoster2.test": 1}
+    assert hoster["hosts"] == ["mx1.mail.example-hoster.net", "mx2.mail.example-hoster.net"]
+    table = blocks(run(rescue, "--unknown-mx").stdout)
+    assert len(table) == 1 and table[0][1][:3] == ["*.example-hoster.net", "4", "4"]
 
 
 def test_no_dns_asks_nothing_and_falls_back(rescue: Rescue, dns: DnsServer) -> None:

@@ -203,3 +203,15 @@ def test_journal_keep_is_a_duration_of_at_least_a_day(tmp_path: Path) -> None:
     err = error_of(tmp_path, base_config(tmp_path, extra='[journal]\nkeep = "6h"'))
     assert err.key == "journal.keep"
     assert "at least 1d" in err.problem
+
+
+def test_dns_host_queries_budget(tmp_path: Path) -> None:
+    cfg = parse_config(tmp_path / "config.toml", base_config(tmp_path))
+    assert cfg.dns.host_queries == 200
+    cfg = parse_config(
+        tmp_path / "config.toml", base_config(tmp_path, extra="[dns]\nhost_queries = 0")
+    )
+    assert cfg.dns.host_queries == 0
+    err = error_of(tmp_path, base_config(tmp_path, extra="[dns]\nhost_queries = -1"))
+    assert err.key == "dns.host_queries"
+    assert str(err).startswith(f"{tmp_path / 'config.toml'}: dns.host_queries")

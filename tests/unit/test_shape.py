@@ -21,7 +21,9 @@ from rescue.classify.shape import (
     reasons,
     shape,
     unclassified,
+    unknown_mx,
 )
+from rescue.classify.suffix import registered_domain
 from rescue.cli.scan_cmd import BY_CHOICES
 from rescue.model import Classification, QueuedMessage, Recipient
 
@@ -254,6 +256,44 @@ def test_unclassified_lists_each_domain_and_why() -> None:
     ]
     assert "DNS timeout" in found[1].why
     assert "no MX lookup" in found[2].why
+
+
+def unknown(mx: str) -> Classification:
+    return Classification(None, mx, note=f"{mx}: no known provider")
+
+
+def test_unknown_mx_groups_by_registered_domain_with_counts() -> None:
+    hoster1 = unknown("mx1.mail.example-hoster.net")
+    hoster2 = unknown("mx2.mail.example-hoster.net")
+    entries = [
+        # One message, two recipients at the hoster: two recipients, one message.
+        item(message("B1", ("a@one.test", REFUSED), ("b@one.test", REFUSED)), 0, hoster1),
+        item(message("B1", ("a@one.test", REFUSED), ("b@one.test", REFUSED)), 1, hoster1),
+        item(message("B2", ("c@two.test", REFUSED)), 0, hoster2),
+        item(message("B3", ("d@own.co.uk", REFUSED)), 0, unknown("mail.own.co.uk")),
+        # Not listed: a known provider, mixed MX, a failed lookup, no host at all.
+        item(message("B4", ("e@k.test", IONOS_SAID)), 0, IONOS),
+        item(message("B5", ("f@mix.test", REFUSED)), 0, MIXED),
+        item(message("B6", ("g@broken.test", REFUSED)), 0, DNS_FAILED),
+        item(message("B7", ("h@k.test", REFUSED)), 0, Classification(None)),
+    ]
+    found = unknown_mx(entries, registered_domain)
+    assert [(u.domain, u.recipients, u.messages) for u in found] == [
+        ("example-hoster.net", 3, 2),
+        ("own.co.uk", 1, 1),
+    ]
+    hoster = found[0]
+    assert hoster.pattern == "*.example-hoster.net"
+    assert hoster.hosts == ("mx1.mail.example-hoster.net", "mx2.mail.example-hoster.net")
+    assert hoster.domains == (("one.test", 2), ("two.test", 1))
+
+
+def test_registered_domain_uses_the_public_suffix_list() -> None:
+    assert registered_domain("mx1.mail.example-hoster.net") == "example-hoster.net"
+    assert registered_domain("MAIL.Own.co.uk.") == "own.co.uk"
+    assert registered_domain("mx.kunde.test") == "kunde.test"
+    # A name that is itself a public suffix stays as it is.
+    assert registered_domain("co.uk") == "co.uk"
 
 
 def test_scan_offers_every_grouping_of_the_shape() -> None:
