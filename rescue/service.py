@@ -30,7 +30,7 @@ from rescue.autorules import (
 )
 from rescue.classify.catalog import Catalog, load_catalog
 from rescue.classify.dns import MxResolver
-from rescue.config import Config, SmarthostConfig, load_config
+from rescue.config import Config, SmarthostConfig, load_config, sending
 from rescue.dispatch import Dispatcher
 from rescue.errors import JournalError, RescueError
 from rescue.flush import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
@@ -61,7 +61,7 @@ class _Parts:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.catalog: Catalog = load_catalog(cfg.providers)
-        self.srs = SrsRewriter.from_config(cfg.srs)
+        self.srs = SrsRewriter.from_config(sending(cfg).srs)
         # One resolver for the config's life: its cache spares DNS a lookup per cycle.
         self.resolver = MxResolver(cfg.dns) if cfg.dns.enabled else None
         self.reader: HeldMessageReader | None = None

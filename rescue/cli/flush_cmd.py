@@ -27,7 +27,7 @@ from rescue.cli.common import (
 from rescue.cli.flush_report import FlushReporter
 from rescue.cli.queueview import QueueReader
 from rescue.cli.selectors import selector_options
-from rescue.config import Config, JournalConfig
+from rescue.config import Config, JournalConfig, sending
 from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode
 from rescue.export import ExportError, ExportQueue
@@ -183,7 +183,7 @@ def confirm(selection: list[Selected], cfg: Config) -> bool:
     providers = sorted({s.provider for s in selection})
     return click.confirm(
         f"Reroute {len(selection)} messages ({recipients} recipients; "
-        f"{', '.join(providers)}) through {cfg.smarthosts[0].name}?",
+        f"{', '.join(providers)}) through {sending(cfg).primary.name}?",
         default=False,
         err=True,
     )
@@ -200,14 +200,15 @@ def execute(
     read_in_thread: bool,
     prefetch_from: str | None = None,
 ) -> Summary:
+    send = sending(cfg)
     flush = Flush(
         queue=queue,
         journal=journal,
-        srs=SrsRewriter.from_config(cfg.srs),
-        dispatcher=Dispatcher(cfg.smarthosts, cfg.retry),
+        srs=SrsRewriter.from_config(send.srs),
+        dispatcher=Dispatcher(send.smarthosts, cfg.retry),
         read_envelope=read_envelope,
         report=reporter,
-        primary=cfg.smarthosts[0].name,
+        primary=send.primary.name,
         read_in_thread=read_in_thread,
         prefetch_from=prefetch_from,
     )
@@ -220,8 +221,9 @@ def execute(
 
 def show_dry_run(cfg: Config, selection: list[Selected], *, as_json: bool) -> None:
     reporter = FlushReporter(as_json=as_json, total=len(selection), interactive=False, dry_run=True)
-    srs = SrsRewriter.from_config(cfg.srs)
-    reporter.finish(preview(selection, srs, cfg.smarthosts[0].name, reporter))
+    send = sending(cfg)
+    srs = SrsRewriter.from_config(send.srs)
+    reporter.finish(preview(selection, srs, send.primary.name, reporter))
 
 
 def what_to_flush(
@@ -301,6 +303,7 @@ def flush(
         )
     copy = open_copy(spool, from_dir)
     cfg = load_config(ctx)
+    sending(cfg)  # a flush sends: [srs] and [[smarthost]] before anything else
     if dry_run:
         show_dry_run(cfg, select(cfg, selectors, copy, everything=everything), as_json=as_json)
         return

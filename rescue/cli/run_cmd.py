@@ -10,6 +10,7 @@ import click
 
 from rescue.cli.common import load_config
 from rescue.cli.queueview import own_relays
+from rescue.config import sending
 from rescue.lock import InstanceLock
 from rescue.metrics import Metrics
 from rescue.sdnotify import Notifier
@@ -50,6 +51,7 @@ def run(ctx: click.Context) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     service_logging()
     cfg = load_config(ctx)
+    sending(cfg)  # the service sends: [srs] and [[smarthost]] before it starts
     metrics = Metrics()
     with InstanceLock(cfg.journal.lock_path, "run"):
         if cfg.service.metrics_listen is not None:
