@@ -36,6 +36,7 @@ from rescue.errors import JournalError, RescueError
 from rescue.flush import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
 from rescue.inventory import take_inventory
 from rescue.journal import Journal
+from rescue.lock import CycleLock
 from rescue.metrics import NO_SMARTHOST, Metrics
 from rescue.model import QueuedMessage, Selected
 from rescue.postfix.commands import Postfix
@@ -117,6 +118,8 @@ class _Cycle:
     summary: Summary = field(default_factory=Summary)
     held_back: int = 0
     error: str | None = None
+    # Who had the queue when this cycle was due (a flush by hand): the cycle was skipped.
+    skipped_for: str | None = None
 
     def summary_line(self) -> str:
         c = self.summary.counts
@@ -126,6 +129,8 @@ class _Cycle:
         )
 
     def status(self) -> str:
+        if self.skipped_for is not None:
+            return f"cycle {time.strftime('%H:%M:%S')} skipped: the queue is {self.skipped_for}"
         if self.error is not None:
             return f"last cycle failed: {self.error}"
         return f"last cycle {time.strftime('%H:%M:%S')}: {self.summary_line()}"
@@ -142,8 +147,14 @@ class Service:
         metrics: Metrics,
         relays: Callable[[Config, Postfix], tuple[str, ...]],
         load: Callable[[Path], Config] = load_config,
+        lock: CycleLock | None = None,
     ) -> None:
-        """`relays` names Postfix's own relays (the CLI's own_relays: config and relayhost)."""
+        """`relays` names Postfix's own relays (the CLI's own_relays: config and relayhost).
+
+        `lock`: the queue lock, taken for each cycle and given back between cycles, so
+        that a flush by hand gets the queue in between (the CLI's; None in tests).
+        """
+        self._lock = lock
         self._cfg = cfg
         self._relays = relays
         self._notifier = notifier
@@ -228,10 +239,19 @@ class Service:
         pruned = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
-            if started - pruned >= PRUNE_EVERY:
-                self._prune(journal)
-                pruned = started
-            cycle = await self._guarded(journal)
+            holder = self._lock.take() if self._lock is not None else None
+            if holder is not None:
+                log.info("a flush by hand has the queue (%s): this cycle is skipped", holder)
+                cycle = _Cycle(skipped_for=f"held by {holder}")
+            else:
+                try:
+                    if started - pruned >= PRUNE_EVERY:
+                        self._prune(journal)
+                        pruned = started
+                    cycle = await self._guarded(journal)
+                finally:
+                    if self._lock is not None:
+                        self._lock.give_back()
             if self._stop.is_set():
                 break
             if ready:

@@ -27,6 +27,7 @@ from rescue.cli.common import (
 from rescue.cli.flush_report import FlushReporter
 from rescue.cli.queueview import QueueReader
 from rescue.cli.selectors import selector_options
+from rescue.cli.waiting import queue_lock, wait_option
 from rescue.config import Config, JournalConfig, sending
 from rescue.dispatch import Dispatcher
 from rescue.exitcodes import ExitCode
@@ -35,7 +36,6 @@ from rescue.flush import EnvelopeReader, Flush, Summary
 from rescue.flush import dry_run as preview
 from rescue.inventory import Inventory
 from rescue.journal import Journal
-from rescue.lock import InstanceLock
 from rescue.model import Classification, QueuedMessage, Selected
 from rescue.postfix.commands import Postfix
 from rescue.postfix.reader import HeldMessageReader
@@ -265,6 +265,7 @@ FOLDER = click.Path(file_okay=False, path_type=Path)
     metavar="DIR",
     help="Send an export (queue-rescue export): all of it unless selectors narrow it.",
 )
+@wait_option
 @click.pass_context
 def flush(
     ctx: click.Context,
@@ -274,6 +275,7 @@ def flush(
     as_json: bool,
     spool: Path | None,
     from_dir: Path | None,
+    wait: float,
 ) -> None:
     """Reroute deferred mail through the smarthost, with SRS senders.
 
@@ -286,6 +288,9 @@ def flush(
     directory or from an export instead: what is being sent moves to
     DIR/queue-rescue/held/, what was sent to DIR/queue-rescue/done/; nothing
     is deleted. That folder also holds the journal of these runs.
+
+    While the service (`queue-rescue run`) or another flush has the queue, a
+    flush waits for it (--wait); the service starts no cycle meanwhile.
 
     \b
     Examples:
@@ -309,7 +314,7 @@ def flush(
         return
 
     journal_cfg = cfg.journal if copy is None else JournalConfig(copy.journal_path)
-    with InstanceLock(journal_cfg.lock_path, "flush"):
+    with queue_lock(journal_cfg.lock_path, "flush", wait):
         journal = Journal(journal_cfg.path)
         try:
             journal.begin_run("flush", os.getpid(), keep=journal_cfg.keep)
