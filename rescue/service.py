@@ -164,6 +164,7 @@ class Service:
         self._wake = asyncio.Event()
         self._reload_asked = False
         self._parts = _Parts(cfg)
+        metrics.quotas(cfg.smarthosts)
         self.totals: collections.Counter[str] = collections.Counter()
 
     # --- signals ----------------------------------------------------------------------------
@@ -194,6 +195,7 @@ class Service:
             log.error("reload failed, keeping the configuration in use: %s", exc)
             return
         self._cfg, self._parts = new, parts
+        self._metrics.quotas(new.smarthosts)
         log.info("reloaded %s", new.path)
 
     # --- the loop ---------------------------------------------------------------------------
