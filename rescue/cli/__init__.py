@@ -31,6 +31,7 @@ COMMANDS = {
     "status": "rescue.cli.status_cmd:status",
     "srs": "rescue.cli.srs_cmd:srs",
     "init": "rescue.cli.init_cmd:init",
+    "completion": "rescue.cli.completion_cmd:completion",
 }
 
 
