@@ -51,12 +51,17 @@ class Asker:
         self, given: str | None, option: str, text: str, default: str | None = None
     ) -> str:
         if given is not None:
-            return given
-        if self.yes:
+            value = given
+        elif self.yes:
             if default is None:
                 raise click.UsageError(f"{option} is needed with --yes")
-            return default
-        value: str = click.prompt(text, default=default, err=True)
+            value = default
+        else:
+            value = click.prompt(text, default=default, err=True)
+        try:
+            value.encode("utf-8")  # bytes from argv that are not UTF-8 come as surrogates
+        except UnicodeEncodeError:
+            raise click.BadParameter("not valid UTF-8", param_hint=option) from None
         return value
 
 

@@ -8,7 +8,6 @@ so the generated file keeps every comment and never drifts from the example.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,8 +46,27 @@ def example_text() -> str:
 
 
 def _literal(value: str | int | tuple[str, ...]) -> str:
-    """A TOML value: JSON's strings, integers and arrays of strings are TOML's too."""
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
+    """A TOML value: an integer, a basic string or an array of them."""
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_string(v) for v in value) + "]"
+    return _string(value)
+
+
+def _string(text: str) -> str:
+    """A TOML basic string: quote and backslash escaped, and every control character
+    (TOML allows none raw but tab; JSON's escapes would also split astral characters
+    into surrogates, which TOML refuses)."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def _values(answers: Answers) -> dict[tuple[str, str], str | None]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rescue.cli.init_template import (
     Answers,
@@ -106,3 +108,32 @@ def test_dns_records_and_main_cf(tmp_path: Path) -> None:
         'srs.example.test.  IN TXT  "v=spf1 ip4:192.0.2.7 -all"',
     ]
     assert main_cf_lines()[0].startswith("recipient_canonical_maps = proxy:socketmap:unix:")
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    host=st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z]{2,8}){1,3}", fullmatch=True),
+    port=st.integers(1, 65535),
+    tls=st.sampled_from(["starttls", "implicit"]),
+    username=st.none() | st.text(min_size=1, max_size=30).filter(lambda u: u.strip() != ""),
+    dns=st.lists(st.ip_addresses().map(str), max_size=3),
+)
+def test_any_answers_read_back(
+    tmp_path: Path, host: str, port: int, tls: str, username: str | None, dns: list[str]
+) -> None:
+    private(tmp_path / "srs-secrets", "a-secret-of-enough-length\n")
+    private(tmp_path / "relay1.password", "pw\n")
+    a = answers(
+        tmp_path,
+        smarthost_host=host,
+        port=port,
+        tls=tls,
+        username=username,
+        password_file=None if username is None else tmp_path / "relay1.password",
+        nameservers=tuple(dns),
+    )
+    cfg = parse_config(tmp_path / "c.toml", render(example_text(), a))
+    smarthost = sending(cfg).primary
+    assert (smarthost.host, smarthost.port, smarthost.tls) == (host, port, tls)
+    assert smarthost.username == username
+    assert cfg.dns.nameservers == tuple(dns)
