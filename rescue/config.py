@@ -27,6 +27,8 @@ DEFAULT_JOURNAL_KEEP = 30 * 86400.0
 MIN_JOURNAL_KEEP = 86400.0
 
 TLS_MODES = ("starttls", "implicit", "none")
+# Submission (RFC 6409), submissions (RFC 8314), SMTP.
+DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
 REROUTE_MODES = ("manual", "auto")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -405,7 +407,7 @@ def _read_smarthost(t: _Table) -> SmarthostConfig:
     elif username is not None:
         raise t.error("password_file", "is required when username is set")
     tls = t.get_choice("tls", TLS_MODES, "starttls")
-    default_port = {"starttls": 587, "implicit": 465, "none": 25}[tls]
+    default_port = DEFAULT_PORTS[tls]
     cfg = SmarthostConfig(
         name=t.get_str("name", _REQUIRED),
         host=t.get_str("host", _REQUIRED),

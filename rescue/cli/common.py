@@ -38,6 +38,11 @@ class State:
     config_option: str | None
     _config: Config | None = field(default=None)
 
+    def use(self, path: str) -> None:
+        """Read the configuration from `path` from now on (`init` after writing it)."""
+        self.config_option = path
+        self._config = None
+
     def config(self) -> Config:
         if self._config is None:
             # No file at the default path: the defaults, for the commands that only look.

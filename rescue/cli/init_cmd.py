@@ -13,11 +13,10 @@ import click
 
 from rescue.cli.common import State, fail
 from rescue.cli.init_template import Answers, dns_records, example_text, main_cf_lines, render
-from rescue.config import TLS_MODES, PostfixConfig, config_path
+from rescue.config import DEFAULT_PORTS, TLS_MODES, PostfixConfig, config_path
 from rescue.errors import PostfixError
 from rescue.exitcodes import ExitCode
 
-DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
@@ -201,8 +200,7 @@ def init(
     )
     _write(path, answers, password)
     if state is not None:  # `check` reads what was just written
-        state.config_option = str(path)
-        state._config = None
+        state.use(str(path))
     from rescue.cli.check_cmd import check  # noqa: PLC0415
 
     code = 0
