@@ -14,7 +14,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,8 @@ DEFAULT_JOURNAL_KEEP = 30 * 86400.0
 MIN_JOURNAL_KEEP = 86400.0
 
 TLS_MODES = ("starttls", "implicit", "none")
+# Submission (RFC 6409), submissions (RFC 8314), SMTP.
+DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
 REROUTE_MODES = ("manual", "auto")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -173,16 +175,54 @@ class DiagnoseConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The whole file. Looking (scan, providers, check) needs none of it; sending does."""
+
     path: Path
     postfix: PostfixConfig
     journal: JournalConfig
-    srs: SrsConfig
+    # None / empty: the file has no [srs] / [[smarthost]]; see sending().
+    srs: SrsConfig | None
     smarthosts: tuple[SmarthostConfig, ...]
     providers: tuple[ProviderConfig, ...]
     retry: RetryConfig
     dns: DnsConfig
     service: ServiceConfig = ServiceConfig()
     diagnose: DiagnoseConfig = DiagnoseConfig()
+    # False: there is no file at `path`; every value is its default.
+    from_file: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """What the commands that send mail (flush, run, srs) need besides the rest."""
+
+    srs: SrsConfig
+    smarthosts: tuple[SmarthostConfig, ...]  # at least one
+
+    @property
+    def primary(self) -> SmarthostConfig:
+        return self.smarthosts[0]
+
+
+INIT_HINT = "create it with `queue-rescue init` (or see config.example.toml)"
+
+
+def missing_section(path: Path, key: str, *, from_file: bool = True) -> ConfigError:
+    """The error of a command that sends when the file lacks `key` ("srs", "smarthost")."""
+    section = "[srs]" if key == "srs" else "[[smarthost]]"
+    if not from_file:
+        return ConfigError(path, None, f"no such file; sending mail needs {section}: {INIT_HINT}")
+    what = "the [srs] table" if key == "srs" else "at least one [[smarthost]]"
+    return ConfigError(path, key, f"{what} is needed to send mail: {INIT_HINT}")
+
+
+def sending(cfg: Config) -> Sending:
+    """The [srs] and [[smarthost]] sections, required here, at the point of use."""
+    if cfg.srs is None:
+        raise missing_section(cfg.path, "srs", from_file=cfg.from_file)
+    if not cfg.smarthosts:
+        raise missing_section(cfg.path, "smarthost", from_file=cfg.from_file)
+    return Sending(cfg.srs, cfg.smarthosts)
 
 
 # --- loading --------------------------------------------------------------------------
@@ -363,9 +403,10 @@ def _read_journal(top: _Table) -> JournalConfig:
     return cfg
 
 
-def _read_srs(top: _Table) -> SrsConfig:
+def _read_srs(top: _Table) -> SrsConfig | None:
     if "srs" not in top.data:
-        raise top.error("srs", "the [srs] table is required (domain and secret_file)")
+        top.used.add("srs")
+        return None
     t = top.table("srs")
     secret_file = t.get_path("secret_file", _REQUIRED)
     cfg = SrsConfig(
@@ -391,7 +432,7 @@ def _read_smarthost(t: _Table) -> SmarthostConfig:
     elif username is not None:
         raise t.error("password_file", "is required when username is set")
     tls = t.get_choice("tls", TLS_MODES, "starttls")
-    default_port = {"starttls": 587, "implicit": 465, "none": 25}[tls]
+    default_port = DEFAULT_PORTS[tls]
     cfg = SmarthostConfig(
         name=t.get_str("name", _REQUIRED),
         host=t.get_str("host", _REQUIRED),
@@ -543,10 +584,7 @@ def parse_config(path: Path, text: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
     top = _Table(path, "", data)
-    smarthost_tables = top.tables("smarthost")
-    if not smarthost_tables:
-        raise top.error("smarthost", "at least one [[smarthost]] is required")
-    smarthosts = tuple(_read_smarthost(t) for t in smarthost_tables)
+    smarthosts = tuple(_read_smarthost(t) for t in top.tables("smarthost"))
     _unique(list(smarthosts), lambda s: s.name, top, "smarthost")
     providers = tuple(_read_provider(t) for t in top.tables("provider"))
     _unique(list(providers), lambda p: p.name, top, "provider")
@@ -572,12 +610,18 @@ def load_srs_config(path: Path) -> SrsConfig:
     The SRS server handles mail from strangers; it should not hold the smarthosts'
     passwords, nor fail because their files are not among its credentials.
     """
-    text = _read_text(path)
+    try:
+        text = _read_text(path)
+    except FileNotFoundError:
+        raise missing_section(path, "srs", from_file=False) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
-    return _read_srs(_Table(path, "", data))
+    srs = _read_srs(_Table(path, "", data))
+    if srs is None:
+        raise missing_section(path, "srs")
+    return srs
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -588,17 +632,28 @@ def config_path(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path) -> Config:
-    return parse_config(path, _read_text(path))
+def load_config(path: Path, *, missing_ok: bool = False) -> Config:
+    """The file's configuration; with `missing_ok`, the defaults when there is no file.
+
+    Only the default path may be missing: a file named by --config or
+    $QUEUE_RESCUE_CONFIG that is not there is a mistake, not a wish for defaults.
+    """
+    try:
+        text = _read_text(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return replace(parse_config(path, ""), from_file=False)
+        raise ConfigError(
+            path, None, f"no such file (use --config or ${CONFIG_ENV}, or {INIT_HINT})"
+        ) from None
+    return parse_config(path, text)
 
 
 def _read_text(path: Path) -> str:
-    """The configuration file's text, or a ConfigError that says why it cannot be read."""
+    """The configuration file's text (FileNotFoundError passes), or a ConfigError."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            path, None, "no such file (use --config or $QUEUE_RESCUE_CONFIG)"
-        ) from None
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"cannot read: {exc}") from None

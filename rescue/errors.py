@@ -44,10 +44,12 @@ class JournalError(RescueError):
 class LockedError(RescueError):
     """Another queue-rescue instance holds the lock."""
 
-    def __init__(self, lock_path: Path, holder: str) -> None:
+    def __init__(self, lock_path: Path, holder: str, *, waited: float = 0.0) -> None:
         self.lock_path = lock_path
         self.holder = holder
-        super().__init__(f"{lock_path} is held by {holder}")
+        self.waited = waited
+        after = f" (waited {waited:.0f}s; --wait sets how long)" if waited else ""
+        super().__init__(f"{lock_path} is held by {holder}{after}")
 
 
 class DeliveryError(RescueError):

@@ -31,6 +31,8 @@ COMMANDS = {
     "run": "rescue.cli.run_cmd:run",
     "status": "rescue.cli.status_cmd:status",
     "srs": "rescue.cli.srs_cmd:srs",
+    "init": "rescue.cli.init_cmd:init",
+    "completion": "rescue.cli.completion_cmd:completion",
 }
 
 

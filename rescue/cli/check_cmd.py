@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from rescue.cli.common import load_config, run_async
-from rescue.config import Config, SmarthostConfig
+from rescue.config import Config, SmarthostConfig, SrsConfig
 from rescue.errors import DeliveryError, PostfixError, RescueError
 from rescue.exitcodes import ExitCode
 from rescue.postfix.commands import Postfix
@@ -67,13 +67,13 @@ def _journal(cfg: Config) -> Callable[[], str]:
     return probe
 
 
-def _srs(cfg: Config) -> str:
-    rewriter = SrsRewriter.from_config(cfg.srs)
+def _srs(srs: SrsConfig) -> str:
+    rewriter = SrsRewriter.from_config(srs)
     sample = "postmaster@example.com"
     forwarded = rewriter.forward(sample)
     if rewriter.reverse(forwarded).lower() != sample:
         raise PostfixError("SRS forward/reverse do not agree")
-    return f"{sample} -> {forwarded} (and back); {len(cfg.srs.secrets)} secret(s)"
+    return f"{sample} -> {forwarded} (and back); {len(srs.secrets)} secret(s)"
 
 
 def _smarthost(host: SmarthostConfig) -> Callable[[], str]:
@@ -107,15 +107,32 @@ def check(ctx: click.Context) -> None:
     status 1 when a check fails.
     """
     cfg = load_config(ctx)
-    click.echo(f"ok    configuration: {cfg.path}")
+    if cfg.from_file:
+        click.echo(f"ok    configuration: {cfg.path}")
+    else:
+        click.echo(f"--    configuration: no {cfg.path}; the defaults (to look, not to send)")
     checks = Checks()
     checks.run("postfix", _postfix(cfg))
     checks.run("privileges", _root)
     checks.run("journal", _journal(cfg))
-    checks.run("srs", lambda: _srs(cfg))
+    unset = []
+    if cfg.srs is None:
+        unset.append("[srs]")
+    else:
+        srs = cfg.srs
+        checks.run("srs", lambda: _srs(srs))
+    if not cfg.smarthosts:
+        unset.append("[[smarthost]]")
     for host in cfg.smarthosts:
         checks.run(f"smarthost {host.name}", _smarthost(host))
+    for section in unset:
+        click.echo(f"--    {section}: not configured (needed by flush and run only)")
     if checks.failed:
         click.echo(f"{checks.failed} check(s) failed.")
         ctx.exit(int(ExitCode.PARTIAL))
-    click.echo("All checks passed.")
+    if unset:
+        click.echo(
+            f"All checks passed; sending needs {' and '.join(unset)}: run `queue-rescue init`."
+        )
+    else:
+        click.echo("All checks passed.")

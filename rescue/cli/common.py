@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from rescue.config import Config, SrsConfig, config_path
+from rescue.config import Config, SrsConfig, config_path, sending
 from rescue.config import load_config as _load_config
 from rescue.config import load_srs_config as _load_srs_config
 from rescue.errors import (
@@ -38,9 +38,17 @@ class State:
     config_option: str | None
     _config: Config | None = field(default=None)
 
+    def use(self, path: str) -> None:
+        """Read the configuration from `path` from now on (`init` after writing it)."""
+        self.config_option = path
+        self._config = None
+
     def config(self) -> Config:
         if self._config is None:
-            self._config = _load_config(config_path(self.config_option))
+            # No file at the default path: the defaults, for the commands that only look.
+            self._config = _load_config(
+                config_path(self.config_option), missing_ok=self.config_option is None
+            )
         return self._config
 
 
@@ -60,7 +68,7 @@ def load_srs_config(ctx: click.Context) -> SrsConfig:
     """Only the [srs] table of the configuration (see config.load_srs_config)."""
     state = _state(ctx)
     if state._config is not None:
-        return state._config.srs
+        return sending(state._config).srs
     return _load_srs_config(config_path(state.config_option))
 
 

@@ -148,11 +148,13 @@ def _diagnose(
         domains=subjects,
         senders=senders,
         outbound=out,
-        srs_domain=cfg.srs.domain,
+        srs_domain=cfg.srs.domain if cfg.srs is not None else None,
         smarthosts=cfg.smarthosts,
         dnsbl=cfg.diagnose.dnsbl,
     )
     results = run_checks(plan, dns, workers=min(cfg.dns.concurrency, 8))
+    if cfg.srs is None:
+        notes.append("no [srs] configured: the SRS domain's checks are skipped")
     if probe:
         targets = probe_targets(groups)
         if not targets:

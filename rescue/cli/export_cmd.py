@@ -27,6 +27,7 @@ from rescue.cli.common import fail, is_terminal, load_config
 from rescue.cli.flush_cmd import FOLDER, report_recovery, select
 from rescue.cli.output import age, console, json_line, print_table, show_sender
 from rescue.cli.selectors import selector_options
+from rescue.cli.waiting import queue_lock, wait_option
 from rescue.config import JournalConfig
 from rescue.errors import PostfixError
 from rescue.exitcodes import ExitCode
@@ -149,6 +150,7 @@ def confirm(selection: list[Selected], folder: Path, keep: bool) -> bool:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per message, then a summary."
 )
+@wait_option
 @click.pass_context
 def export(
     ctx: click.Context,
@@ -158,6 +160,7 @@ def export(
     dry_run: bool,
     yes: bool,
     as_json: bool,
+    wait: float,
 ) -> None:
     """Move deferred mail out of Postfix into DIR, to send it later with `flush --from DIR`.
 
@@ -192,7 +195,10 @@ def export(
     prepare_folder(folder)
     # The folder's own lock keeps a `flush --from` on it out while we write into it.
     folder_lock = JournalConfig(ExportQueue(folder).journal_path).lock_path
-    with InstanceLock(cfg.journal.lock_path, "export"), InstanceLock(folder_lock, "export"):
+    with (
+        queue_lock(cfg.journal.lock_path, "export", wait),
+        InstanceLock(folder_lock, "export"),
+    ):
         journal = Journal(cfg.journal.path)
         try:
             journal.begin_run("export", os.getpid(), keep=cfg.journal.keep)

@@ -29,11 +29,11 @@ from rescue.cli.common import (
 from rescue.cli.flush_report import FlushReporter
 from rescue.cli.queueview import QueueReader
 from rescue.cli.selectors import selector_options
-from rescue.config import Config, JournalConfig
+from rescue.cli.waiting import queue_lock, wait_option
+from rescue.config import Config, JournalConfig, sending
 from rescue.exitcodes import ExitCode
 from rescue.flush.core import EnvelopeReader, Flush, Summary
 from rescue.flush.core import dry_run as preview
-from rescue.journal.lock import InstanceLock
 from rescue.journal.recovery import RecoveryReport, recover
 from rescue.journal.store import Journal
 from rescue.model import Classification, QueuedMessage, Selected
@@ -183,7 +183,7 @@ def confirm(selection: list[Selected], cfg: Config) -> bool:
     providers = sorted({s.provider for s in selection})
     return click.confirm(
         f"Reroute {len(selection)} messages ({recipients} recipients; "
-        f"{', '.join(providers)}) through {cfg.smarthosts[0].name}?",
+        f"{', '.join(providers)}) through {sending(cfg).primary.name}?",
         default=False,
         err=True,
     )
@@ -200,14 +200,15 @@ def execute(
     read_in_thread: bool,
     prefetch_from: str | None = None,
 ) -> Summary:
+    send = sending(cfg)
     flush = Flush(
         queue=queue,
         journal=journal,
-        srs=SrsRewriter.from_config(cfg.srs),
-        dispatcher=Dispatcher(cfg.smarthosts, cfg.retry),
+        srs=SrsRewriter.from_config(send.srs),
+        dispatcher=Dispatcher(send.smarthosts, cfg.retry),
         read_envelope=read_envelope,
         report=reporter,
-        primary=cfg.smarthosts[0].name,
+        primary=send.primary.name,
         read_in_thread=read_in_thread,
         prefetch_from=prefetch_from,
     )
@@ -220,8 +221,9 @@ def execute(
 
 def show_dry_run(cfg: Config, selection: list[Selected], *, as_json: bool) -> None:
     reporter = FlushReporter(as_json=as_json, total=len(selection), interactive=False, dry_run=True)
-    srs = SrsRewriter.from_config(cfg.srs)
-    reporter.finish(preview(selection, srs, cfg.smarthosts[0].name, reporter))
+    send = sending(cfg)
+    srs = SrsRewriter.from_config(send.srs)
+    reporter.finish(preview(selection, srs, send.primary.name, reporter))
 
 
 def what_to_flush(
@@ -263,6 +265,7 @@ FOLDER = click.Path(file_okay=False, path_type=Path)
     metavar="DIR",
     help="Send an export (queue-rescue export): all of it unless selectors narrow it.",
 )
+@wait_option
 @click.pass_context
 def flush(
     ctx: click.Context,
@@ -272,6 +275,7 @@ def flush(
     as_json: bool,
     spool: Path | None,
     from_dir: Path | None,
+    wait: float,
 ) -> None:
     """Reroute deferred mail through the smarthost, with SRS senders.
 
@@ -284,6 +288,9 @@ def flush(
     directory or from an export instead: what is being sent moves to
     DIR/queue-rescue/held/, what was sent to DIR/queue-rescue/done/; nothing
     is deleted. That folder also holds the journal of these runs.
+
+    While the service (`queue-rescue run`) or another flush has the queue, a
+    flush waits for it (--wait); the service starts no cycle meanwhile.
 
     \b
     Examples:
@@ -301,12 +308,13 @@ def flush(
         )
     copy = open_copy(spool, from_dir)
     cfg = load_config(ctx)
+    sending(cfg)  # a flush sends: [srs] and [[smarthost]] before anything else
     if dry_run:
         show_dry_run(cfg, select(cfg, selectors, copy, everything=everything), as_json=as_json)
         return
 
     journal_cfg = cfg.journal if copy is None else JournalConfig(copy.journal_path)
-    with InstanceLock(journal_cfg.lock_path, "flush"):
+    with queue_lock(journal_cfg.lock_path, "flush", wait):
         journal = Journal(journal_cfg.path)
         try:
             journal.begin_run("flush", os.getpid(), keep=journal_cfg.keep)

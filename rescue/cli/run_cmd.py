@@ -10,7 +10,8 @@ import click
 
 from rescue.cli.common import load_config
 from rescue.cli.queueview import own_relays
-from rescue.journal.lock import InstanceLock
+from rescue.config import sending
+from rescue.journal.lock import CycleLock, InstanceLock, service_path
 from rescue.service.loop import Service
 from rescue.service.metrics import Metrics
 from rescue.service.sdnotify import Notifier
@@ -43,19 +44,28 @@ def run(ctx: click.Context) -> None:
       SIGTERM, SIGINT  stop taking messages, give those in flight back to Postfix, exit 0
       SIGHUP           read the configuration again (a bad one is logged, the old one kept)
 
-    Holds the lock for its whole life: stop the service to run `flush` by hand.
+    Holds the queue lock during each cycle only: a `flush` or `export` by hand
+    waits for the cycle under way to end, and no cycle starts while it runs.
     Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
     # Until the loop handles it: a reload asked for while starting must not end us.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     service_logging()
     cfg = load_config(ctx)
+    sending(cfg)  # the service sends: [srs] and [[smarthost]] before it starts
     metrics = Metrics()
-    with InstanceLock(cfg.journal.lock_path, "run"):
+    # One service per journal; the queue lock it takes for each cycle only.
+    with InstanceLock(service_path(cfg.journal.lock_path), "run"):
         if cfg.service.metrics_listen is not None:
             metrics.serve(*cfg.service.metrics_listen)
         try:
-            service = Service(cfg, notifier=Notifier(), metrics=metrics, relays=own_relays)
+            service = Service(
+                cfg,
+                notifier=Notifier(),
+                metrics=metrics,
+                relays=own_relays,
+                lock=CycleLock(cfg.journal.lock_path),
+            )
             asyncio.run(service.run())
         finally:
             metrics.close()

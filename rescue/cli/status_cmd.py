@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from rescue.cli.common import load_config, parse_duration
 from rescue.cli.output import age, console, json_line, print_table
+from rescue.journal.lock import alive, holder_of, turn_path
 from rescue.journal.store import ACCEPTED, RELEASED, Event, Journal, Run
 
 # Journal states as `status` names them: "rerouted" is when the smarthost accepted it.
 ACTIONS = {ACCEPTED: "rerouted", RELEASED: "released"}
 HEADERS = ("time", "queue_id", "action", "by", "provider", "recipients", "smarthost", "reply")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
 
 
 def service_state(run: Run | None) -> dict[str, Any]:
@@ -68,6 +59,18 @@ def service_line(state: dict[str, Any], now: float) -> str:
     return f"Service: not running (last run ended {_when(state['ended'])})"
 
 
+def lock_state(lock_path: Path) -> dict[str, str | None]:
+    """Who holds the queue lock, and who waits for it next (as their lock files say)."""
+    return {"holder": holder_of(lock_path), "waiting": holder_of(turn_path(lock_path))}
+
+
+def lock_line(state: dict[str, str | None]) -> str:
+    line = f"Lock: held by {state['holder']}" if state["holder"] else "Lock: free"
+    if state["waiting"] and state["waiting"] != state["holder"]:
+        line += f"; next: {state['waiting']}"
+    return line
+
+
 @click.command()
 @click.option(
     "--since",
@@ -82,8 +85,9 @@ def status(ctx: click.Context, since: str, as_json: bool) -> None:
     """Show what the service (and `flush`) did lately, from the journal.
 
     Rerouted messages with the smarthost's reply, released ones (given back to
-    Postfix) with the reason, oldest first, and whether the service runs.
-    Reads the journal only: it works while the service holds the lock.
+    Postfix) with the reason, oldest first, whether the service runs, and who
+    holds the lock (the service holds it only during a cycle). Reads the
+    journal and the lock files only: it works while another command runs.
     """
     window = parse_duration(since)
     cfg = load_config(ctx)
@@ -97,16 +101,19 @@ def status(ctx: click.Context, since: str, as_json: bool) -> None:
             journal.close()
     else:
         events, state = [], service_state(None)
+    lock = lock_state(cfg.journal.lock_path)
     counts = {action: 0 for action in ACTIONS.values()}
     for event in events:
         counts[ACTIONS[event.state]] += 1
     if as_json:
         for event in events:
             json_line(event_json(event))
-        json_line({"summary": {"since": round(now - window, 3), **counts, "service": state}})
+        summary = {"since": round(now - window, 3), **counts, "service": state, "lock": lock}
+        json_line({"summary": summary})
         return
     out = console()
     out.print(service_line(state, now))
+    out.print(lock_line(lock))
     out.print(
         f"Since {_when(now - window)}: {counts['rerouted']} rerouted, {counts['released']} released"
     )

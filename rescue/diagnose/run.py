@@ -133,7 +133,7 @@ class Plan:
     domains: tuple[str, ...]  # sender domains, most stuck first
     senders: dict[str, str]  # a stuck sender address per domain, for SPF macros
     outbound: Outbound
-    srs_domain: str
+    srs_domain: str | None  # None: no [srs] configured yet, nothing to check there
     smarthosts: tuple[SmarthostConfig, ...]
     dnsbl: tuple[str, ...]
 
@@ -146,7 +146,8 @@ def run_checks(plan: Plan, dns: Lookup, workers: int) -> list[Result]:
             pool.submit(domain_results, d, dns, out, plan.senders.get(d, "")) for d in plan.domains
         ]
         jobs.append(pool.submit(identity_results, out, dns, plan.dnsbl))
-        jobs.append(pool.submit(srs_results, plan.srs_domain, plan.smarthosts, dns, out))
+        if plan.srs_domain is not None:
+            jobs.append(pool.submit(srs_results, plan.srs_domain, plan.smarthosts, dns, out))
         return [result for job in jobs for result in job.result()]
 
 

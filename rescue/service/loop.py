@@ -19,9 +19,10 @@ from pathlib import Path
 from rescue.classify.catalog import Catalog, load_catalog
 from rescue.classify.dns import MxResolver
 from rescue.classify.inventory import take_inventory
-from rescue.config import Config, SmarthostConfig, load_config
+from rescue.config import Config, SmarthostConfig, load_config, sending
 from rescue.errors import JournalError, RescueError
 from rescue.flush.core import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
+from rescue.journal.lock import CycleLock
 from rescue.journal.recovery import recover
 from rescue.journal.store import Journal
 from rescue.model import QueuedMessage, Selected
@@ -61,7 +62,7 @@ class _Parts:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.catalog: Catalog = load_catalog(cfg.providers)
-        self.srs = SrsRewriter.from_config(cfg.srs)
+        self.srs = SrsRewriter.from_config(sending(cfg).srs)
         # One resolver for the config's life: its cache spares DNS a lookup per cycle.
         self.resolver = MxResolver(cfg.dns) if cfg.dns.enabled else None
         self.reader: HeldMessageReader | None = None
@@ -117,6 +118,8 @@ class _Cycle:
     summary: Summary = field(default_factory=Summary)
     held_back: int = 0
     error: str | None = None
+    # Who had the queue when this cycle was due (a flush by hand): the cycle was skipped.
+    skipped_for: str | None = None
 
     def summary_line(self) -> str:
         c = self.summary.counts
@@ -126,6 +129,8 @@ class _Cycle:
         )
 
     def status(self) -> str:
+        if self.skipped_for is not None:
+            return f"cycle {time.strftime('%H:%M:%S')} skipped: the queue is {self.skipped_for}"
         if self.error is not None:
             return f"last cycle failed: {self.error}"
         return f"last cycle {time.strftime('%H:%M:%S')}: {self.summary_line()}"
@@ -142,8 +147,14 @@ class Service:
         metrics: Metrics,
         relays: Callable[[Config, Postfix], tuple[str, ...]],
         load: Callable[[Path], Config] = load_config,
+        lock: CycleLock | None = None,
     ) -> None:
-        """`relays` names Postfix's own relays (the CLI's own_relays: config and relayhost)."""
+        """`relays` names Postfix's own relays (the CLI's own_relays: config and relayhost).
+
+        `lock`: the queue lock, taken for each cycle and given back between cycles, so
+        that a flush by hand gets the queue in between (the CLI's; None in tests).
+        """
+        self._lock = lock
         self._cfg = cfg
         self._relays = relays
         self._notifier = notifier
@@ -153,6 +164,7 @@ class Service:
         self._wake = asyncio.Event()
         self._reload_asked = False
         self._parts = _Parts(cfg)
+        metrics.quotas(cfg.smarthosts)
         self.totals: collections.Counter[str] = collections.Counter()
 
     # --- signals ----------------------------------------------------------------------------
@@ -183,6 +195,7 @@ class Service:
             log.error("reload failed, keeping the configuration in use: %s", exc)
             return
         self._cfg, self._parts = new, parts
+        self._metrics.quotas(new.smarthosts)
         log.info("reloaded %s", new.path)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -228,10 +241,19 @@ class Service:
         pruned = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
-            if started - pruned >= PRUNE_EVERY:
-                self._prune(journal)
-                pruned = started
-            cycle = await self._guarded(journal)
+            holder = self._lock.take() if self._lock is not None else None
+            if holder is not None:
+                log.info("a flush by hand has the queue (%s): this cycle is skipped", holder)
+                cycle = _Cycle(skipped_for=f"held by {holder}")
+            else:
+                try:
+                    if started - pruned >= PRUNE_EVERY:
+                        self._prune(journal)
+                        pruned = started
+                    cycle = await self._guarded(journal)
+                finally:
+                    if self._lock is not None:
+                        self._lock.give_back()
             if self._stop.is_set():
                 break
             if ready:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from rescue.config import SmarthostConfig
 from rescue.errors import RescueError
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class Metrics:
             "How long the last cycle took.",
             registry=r,
         )
+        self.smarthost_quota = Gauge(
+            "queue_rescue_smarthost_quota_messages",
+            "The smarthost's max_per_hour and max_per_day (absent: no limit).",
+            ["smarthost", "period"],
+            registry=r,
+        )
         self.cycle_errors = Counter(
             "queue_rescue_cycle_errors", "Cycles that ended in an error.", registry=r
         )
@@ -99,6 +106,14 @@ class Metrics:
         self.held_back.clear()
         for (provider, limit), count in by_reason.items():
             self.held_back.labels(provider, limit).set(count)
+
+    def quotas(self, smarthosts: Sequence[SmarthostConfig]) -> None:
+        """The configured quotas, for alerts on how much of them is used."""
+        self.smarthost_quota.clear()
+        for host in smarthosts:
+            for period, limit in (("hour", host.max_per_hour), ("day", host.max_per_day)):
+                if limit is not None:
+                    self.smarthost_quota.labels(host.name, period).set(limit)
 
     def errors(self, by_smarthost: Mapping[str, Mapping[str, int]]) -> None:
         """Add errors by smarthost and kind, as counted during one cycle."""

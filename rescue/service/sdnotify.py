@@ -28,8 +28,12 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(fields).encode(), self._address)
-        except OSError as exc:  # systemd gone or restarting: the service itself goes on
+                # Never blocks: when the receiver's queue is full (net.unix.max_dgram_qlen,
+                # 10 by default) a blocking send would freeze the whole service, its timers
+                # and its SIGTERM handling with it. A lost STATUS costs nothing; the next
+                # one and the next watchdog ping follow.
+                sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self._address)
+        except OSError as exc:  # full, systemd gone or restarting: the service goes on
             log.debug("cannot notify systemd at %s: %s", self._address, exc)
 
     def ready(self, status: str) -> None:

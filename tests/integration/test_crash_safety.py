@@ -272,7 +272,7 @@ def test_a_second_instance_says_who_holds_the_lock(w: World) -> None:
     first = rescue.popen("flush", "--provider", "ionos")
     try:
         w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 1, 60, "the message on hold")
-        second = rescue.run("flush", "--provider", "ionos")
+        second = rescue.run("flush", "--provider", "ionos", "--wait", "0")
         assert second.code == 3
         assert f"pid {first.pid}" in second.stderr
         assert "queue-rescue flush" in second.stderr

@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -204,8 +205,7 @@ def test_service_reroutes_the_providers_deferrals_and_nothing_else(
 @pytest.mark.postfix
 def test_sighup_keeps_a_broken_config_and_takes_a_good_one(w: World, tmp_path: Path) -> None:
     rescue = service_rescue(w, "hup")
-    with running(rescue, tmp_path) as svc:
-        svc.notify.wait_for("READY=1")
+    with running(rescue, tmp_path) as svc, draining(svc.notify):
         partner = w.lab.submit(SENDER, [f"boss@{OTHER_DOMAIN}"], body(1))
 
         rescue.config_path.write_text("[service\ninterval = ")
@@ -280,3 +280,80 @@ def test_a_smarthost_quota_holds_back_also_across_a_restart(w: World, tmp_path: 
         assert svc.terminate() == 0
     assert len(w.smarthost.received) == 2
     assert w.lab.queue_ids("deferred") == [left]
+
+
+@contextmanager
+def draining(notify: NotifySocket) -> Iterator[None]:
+    """Read what the service tells systemd while the test looks elsewhere, as systemd
+    would: unread, its datagrams fill the socket's queue and the service's next one waits.
+    """
+    notify.wait_for("READY=1")
+    stop = threading.Event()
+
+    def drain() -> None:
+        notify.sock.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                notify.received.append(notify.sock.recv(4096).decode())
+
+    thread = threading.Thread(target=drain, name="notify-drain")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.postfix
+def test_a_flush_by_hand_waits_for_the_cycle_and_each_message_goes_once(
+    w: World, tmp_path: Path
+) -> None:
+    # The service reroutes partner.test; its first message hangs at DATA, so its cycle
+    # holds the queue lock. Stopped there (SIGSTOP), the service keeps the lock for sure.
+    w.smarthost.script(Fault("DATA", action="hang"))
+    rescue = service_rescue(w, "beside", providers=AUTO_OTHER)
+    rescue.smarthosts[0]["timeout"] = "5s"
+    kunden = w.lab.submit_many(kunde(n) for n in (1, 2, 3))
+    w.lab.wait_deferred(3)
+    with running(rescue, tmp_path) as svc, draining(svc.notify):
+        partner = w.lab.submit(SENDER, [f"boss@{OTHER_DOMAIN}"], body(9))
+        w.lab.wait_for(lambda: w.lab.queue_ids("hold") == [partner], what="partner on hold")
+        w.smarthost.wait_for(lambda: w.smarthost.transactions_attempted == 1)
+        os.kill(svc.proc.pid, signal.SIGSTOP)
+        err_path = tmp_path / "flush.err"
+        try:
+            with err_path.open("w") as err:
+                flush = subprocess.Popen(
+                    rescue.command("flush", "--provider", "ionos", "--yes", "--json"),
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                    cwd=Path(__file__).parents[2],
+                )
+            waiting = f"waiting for the lock, held by pid {svc.proc.pid} (queue-rescue run, cycle"
+            wait_for(lambda: waiting in err_path.read_text(), 60, "the flush to wait")
+            status = rescue.run("status")
+            assert f"Lock: held by pid {svc.proc.pid} (queue-rescue run, cycle since" in (
+                status.stdout
+            )
+            assert f"next: pid {flush.pid} (queue-rescue flush, waiting since" in status.stdout
+            assert w.smarthost.received == []  # nothing sent while the cycle has the queue
+        finally:
+            os.kill(svc.proc.pid, signal.SIGCONT)
+        out, _ = flush.communicate(timeout=90)
+        assert flush.returncode == 0, out + err_path.read_text()
+        outcomes = [json.loads(line) for line in out.splitlines() if '"queue_id"' in line]
+        assert sorted(o["queue_id"] for o in outcomes) == sorted(kunden)
+        assert {o["action"] for o in outcomes} == {"rerouted"}
+        w.lab.wait_for(lambda: w.lab.queue() == [], what="an empty queue")
+        # One service per journal, though it leaves the queue lock between cycles.
+        second = rescue.run("run")
+        assert second.code == 3
+        assert f"journal.sqlite3.lock.service is held by pid {svc.proc.pid}" in second.stderr
+        assert svc.terminate() == 0
+    rcpts = sorted(r.rcpt_tos for r in w.smarthost.received)
+    assert rcpts == sorted(
+        [(f"u{n}@kunde{n}.test",) for n in (1, 2, 3)] + [(f"boss@{OTHER_DOMAIN}",)]
+    )
+    assert w.lab.queue() == []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rescue.config import ConfigError, load_config, load_srs_config, parse_config
+from rescue.config import ConfigError, load_config, load_srs_config, parse_config, sending
 
 
 def write_secret(path: Path, text: str = "s3cret-value-for-tests\n", mode: int = 0o600) -> Path:
@@ -44,7 +44,7 @@ def test_minimal_config_has_sensible_defaults(tmp_path: Path) -> None:
     assert cfg.journal.lock_path.name == "journal.sqlite3.lock"
     assert cfg.smarthosts[0].max_connections == 8
     assert cfg.retry.attempts == 5 and cfg.retry.max_wait == 300.0
-    assert cfg.srs.secrets[0].value == "s3cret-value-for-tests"
+    assert cfg.srs is not None and cfg.srs.secrets[0].value == "s3cret-value-for-tests"
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
@@ -92,6 +92,7 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.toml")
     assert str(tmp_path / "nope.toml") in str(info.value)
+    assert "no such file" in info.value.problem and "queue-rescue init" in info.value.problem
 
 
 def test_invalid_toml(tmp_path: Path) -> None:
@@ -99,10 +100,55 @@ def test_invalid_toml(tmp_path: Path) -> None:
     assert "not valid TOML" in err.problem
 
 
-def test_smarthost_required(tmp_path: Path) -> None:
+def test_smarthost_is_required_only_to_send(tmp_path: Path) -> None:
     write_secret(tmp_path / "s")
-    err = error_of(tmp_path, f'[srs]\ndomain = "x.test"\nsecret_file = "{tmp_path / "s"}"\n')
-    assert err.key == "smarthost"
+    text = f'[srs]\ndomain = "x.test"\nsecret_file = "{tmp_path / "s"}"\n'
+    cfg = parse_config(tmp_path / "config.toml", text)
+    assert cfg.smarthosts == ()
+    with pytest.raises(ConfigError) as info:
+        sending(cfg)
+    assert info.value.key == "smarthost"
+    assert str(info.value).startswith(f"{tmp_path / 'config.toml'}: smarthost: ")
+    assert "queue-rescue init" in str(info.value)
+
+
+def test_srs_is_required_only_to_send(tmp_path: Path) -> None:
+    text = base_config(tmp_path)
+    text = text[text.index("[[smarthost]]") :]
+    cfg = parse_config(tmp_path / "config.toml", text)
+    assert cfg.srs is None and cfg.smarthosts[0].name == "relay1"
+    with pytest.raises(ConfigError) as info:
+        sending(cfg)
+    assert info.value.key == "srs" and "queue-rescue init" in info.value.problem
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_srs_config(path)
+    assert info.value.key == "srs"
+
+
+def test_an_empty_file_is_every_default(tmp_path: Path) -> None:
+    cfg = parse_config(tmp_path / "config.toml", "")
+    assert (cfg.srs, cfg.smarthosts, cfg.providers) == (None, (), ())
+    assert cfg.postfix.config_dir == Path("/etc/postfix") and cfg.from_file
+
+
+def test_sending_has_both_sections(tmp_path: Path) -> None:
+    send = sending(parse_config(tmp_path / "config.toml", base_config(tmp_path)))
+    assert send.primary.name == "relay1" and send.srs.domain == "srs.example.net"
+
+
+def test_a_missing_default_file_is_the_defaults(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path / "nope.toml", missing_ok=True)
+    assert not cfg.from_file and cfg.srs is None and cfg.dns.enabled
+    with pytest.raises(ConfigError) as info:
+        sending(cfg)
+    assert info.value.key is None
+    assert str(info.value).startswith(f"{tmp_path / 'nope.toml'}: no such file; ")
+    assert "[srs]" in info.value.problem and "queue-rescue init" in info.value.problem
+    with pytest.raises(ConfigError) as info:
+        load_srs_config(tmp_path / "nope.toml")
+    assert "no such file" in info.value.problem
 
 
 def test_secret_readable_by_others_is_refused(tmp_path: Path) -> None:

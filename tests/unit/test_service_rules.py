@@ -4,6 +4,7 @@ sd_notify and the journal counts the quotas come from."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -389,6 +390,20 @@ def test_notifier_sends_datagrams(tmp_path: Path) -> None:
         notifier.stopping("bye")
         got = [sock.recv(4096).decode() for _ in range(3)]
     assert got == ["READY=1\nSTATUS=1 rerouted", "WATCHDOG=1", "STOPPING=1\nSTATUS=bye"]
+
+
+def test_notifier_never_blocks_when_systemd_stops_reading(tmp_path: Path) -> None:
+    # A receiver that reads nothing: its queue fills after a few datagrams, and a
+    # blocking send would hang here (and freeze the service) instead of returning.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        sent = threading.Thread(target=lambda: [notifier.status(f"{n}") for n in range(500)])
+        sent.start()
+        sent.join(timeout=60)  # generous: 500 non-blocking sends take milliseconds
+        assert not sent.is_alive()
+        sock.settimeout(5)
+        assert sock.recv(4096) == b"STATUS=0"  # what fitted in the queue arrived
 
 
 def test_notifier_abstract_socket_and_watchdog_interval() -> None:
