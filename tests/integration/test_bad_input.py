@@ -146,6 +146,8 @@ def test_empty_queue(w: World) -> None:
 
 
 def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: Path) -> None:
+    # postsuper holds every message, then fails: a hold that failed sends nothing,
+    # gives every message back to Postfix and ends with exit code 4 (README: Exit codes).
     ids = submit(w, 3)
     commands = command_folder(
         tmp_path / "bin",
@@ -160,14 +162,38 @@ def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: P
         "flush", "--provider", "ionos", "--json"
     )
 
-    assert result.code == 0, result.stderr
-    assert result.summary["rerouted"] == 3
-    assert "failed part way" in result.stderr
-    assert {r.rcpt_tos[0] for r in w.smarthost.received} == {
-        f"c{i}@kunde{i + 1}.test" for i in range(3)
-    }
-    assert w.lab.queue() == []
-    assert len(ids) == 3
+    assert result.code == 4, result.stderr
+    assert (
+        "postsuper -h - deferred failed (after acting on 3 of 3 messages): postsuper: "
+        "Placed on hold: 3 messages postsuper: fatal: disk trouble"
+    ) in result.stderr
+    assert w.smarthost.received == []
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    assert w.lab.queue_ids("hold") == []
+    assert {o["action"] for o in result.outcomes.values()} <= {"released"}
+
+
+def test_export_with_a_failing_hold_leaves_nothing_on_hold(w: World, tmp_path: Path) -> None:
+    ids = submit(w, 2)
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"\n'
+            'case " $* " in *" -h "*) echo "postsuper: fatal: disk trouble" >&2; exit 1;; esac\n'
+        ),
+    )
+    target = tmp_path / "export"
+
+    result = w.rescue("partial-hold-export", command_dir=commands).run(
+        "export", "--to", str(target), "--provider", "ionos", "--yes", "--json"
+    )
+
+    assert result.code == 4, result.stderr
+    assert "disk trouble" in result.stderr
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    assert w.lab.queue_ids("hold") == []
+    assert not list(target.glob("*.eml"))
 
 
 def test_broken_and_vanished_files_with_read_ahead(w: World, tmp_path: Path) -> None:
