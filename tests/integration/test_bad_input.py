@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.world import World, body
 from tests.lab.postfix import Submission
+from tests.lab.smtpd import Fault
 
 pytestmark = pytest.mark.postfix
 
@@ -194,6 +195,42 @@ def test_export_with_a_failing_hold_leaves_nothing_on_hold(w: World, tmp_path: P
     assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
     assert w.lab.queue_ids("hold") == []
     assert not list(target.glob("*.eml"))
+
+
+def test_journal_failing_mid_flush_is_exit_70_with_nothing_left_on_hold(
+    w: World, tmp_path: Path
+) -> None:
+    # Right after the hold the journal's disk "fills up": postsuper's wrapper limits the
+    # size of files queue-rescue may write (prlimit on its parent, the flush) to what the
+    # journal's write-ahead log has now, so its next write fails. Nothing in queue-rescue
+    # expects that: exit 70, and every message it held is back in Postfix. The smarthost
+    # refuses them all, so each must have been released, none deleted.
+    ids = submit(w, 3)
+    w.smarthost.script(Fault(stage="MAIL", reply="550 5.7.1 not today", times=None))
+    rescue = w.rescue("journal-full")
+    wal = f"{rescue.journal_path}-wal"
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"; status=$?\n'
+            f'case " $* " in *" -h "*) prlimit --pid $PPID --fsize=$(stat -c %s {wal});; esac\n'
+            "exit $status\n"
+        ),
+    )
+    rescue.command_dir = commands
+
+    result = rescue.run("flush", "--provider", "ionos", "--json")
+
+    assert result.code == 70, result.stderr
+    assert f"queue-rescue: error: journal {rescue.journal_path}: disk I/O error" in result.stderr
+    assert w.smarthost.received == []
+    assert w.lab.queue_ids("hold") == []
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    # Refused ("released"), or caught by the journal's failure before it was sent
+    # ("failed", the writer thread's error shows when the next write is handed over).
+    assert set(result.outcomes) == set(ids)
+    assert {o["action"] for o in result.outcomes.values()} <= {"released", "failed"}
 
 
 def test_broken_and_vanished_files_with_read_ahead(w: World, tmp_path: Path) -> None:

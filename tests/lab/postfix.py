@@ -442,6 +442,38 @@ class PostfixLab(Running):
         self.flush()
         self.wait_empty()
 
+    def set_arrival(self, queue_id: str, when: int) -> None:
+        """Date a deferred message's arrival back to `when` (epoch seconds), in its queue file.
+
+        Rewrites the digits of the file's time record in place (same length: a time with
+        as many digits), as if the message had arrived then; showq, qshape and the queue
+        manager read the arrival time from there. Only for a message Postfix is not working
+        on (deferred, with the lab's long retry times).
+        """
+        [path] = [p for p in (self.queue_dir / "deferred").rglob(queue_id) if p.is_file()]
+        with path.open("r+b") as queue_file:
+            data = queue_file.read()
+            pos = 0
+            while pos < len(data):
+                kind, pos = data[pos], pos + 1
+                length = shift = 0
+                while True:  # the length: 7 bits a byte, low bits first, high bit = more
+                    byte, pos = data[pos], pos + 1
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                if kind == ord("T"):
+                    seconds = data[pos : pos + length].partition(b" ")[0]
+                    new = str(when).encode()
+                    if len(new) != len(seconds):
+                        raise PostfixLabError(f"{queue_id}: {when} does not fit {seconds!r}")
+                    queue_file.seek(pos)
+                    queue_file.write(new)
+                    return
+                pos += length
+        raise PostfixLabError(f"{queue_id}: no time record in {path}")
+
     def hold_ids(self, ids: Iterable[str], queue_name: str | None = None) -> list[str]:
         """Put messages on hold (`postsuper -h -`); return the ids postsuper did hold."""
         args = ["-h", "-"] + ([queue_name] if queue_name else [])
