@@ -449,15 +449,15 @@ class PostfixLab(Running):
         self.flush()
         self.wait_empty()
 
-    def set_arrival(self, queue_id: str, when: int) -> None:
+    def set_arrival(self, queue_id: str, when: int, queue_name: str = "deferred") -> None:
         """Date a deferred message's arrival back to `when` (epoch seconds), in its queue file.
 
         Rewrites the digits of the file's time record in place (same length: a time with
         as many digits), as if the message had arrived then; showq, qshape and the queue
         manager read the arrival time from there. Only for a message Postfix is not working
-        on (deferred, with the lab's long retry times).
+        on (deferred, with the lab's long retry times, or on hold).
         """
-        [path] = [p for p in (self.queue_dir / "deferred").rglob(queue_id) if p.is_file()]
+        [path] = [p for p in (self.queue_dir / queue_name).rglob(queue_id) if p.is_file()]
         with path.open("r+b") as queue_file:
             data = queue_file.read()
             pos = 0
