@@ -13,12 +13,12 @@ count DNS queries.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -27,13 +27,6 @@ from tests.integration.rescue_cli import Rescue, Result, smarthost_entry
 from tests.lab.dns import DnsServer, Failure
 from tests.lab.postfix import PostfixLab, Submission, free_port
 from tests.lab.smtpd import FakeProvider
-
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("postqueue") is None, reason="needs Postfix and root"
-    ),
-]
 
 BUCKETS = ["5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"]
 # How old every queued message of the module's lab is made: in the "320" column (older
@@ -169,13 +162,11 @@ def providers() -> Iterator[dict[str, FakeProvider]]:
 
 
 @pytest.fixture(scope="module")
-def lab(
-    tmp_path_factory: pytest.TempPathFactory, providers: dict[str, FakeProvider]
-) -> Iterator[PostfixLab]:
+def lab(module_lab_root: Path, providers: dict[str, FakeProvider]) -> Iterator[PostfixLab]:
     hops = {name: fake.next_hop for name, fake in providers.items()}
     hops["closed"] = f"smtp:[127.0.0.1]:{free_port()}"
     transports = {case.domain: hops[case.route] for case in CASES}
-    with PostfixLab(tmp_path_factory.mktemp("scan-postfix"), transports=transports) as postfix:
+    with PostfixLab(module_lab_root / "postfix", transports=transports) as postfix:
         submissions = [
             Submission(f"shop@sender{n % 2}.test", [f"u{n}@{d}" for d in domains], b"Hi\n")
             for n, domains in enumerate(PLANNED[:-1])
@@ -241,6 +232,7 @@ def test_every_catalog_provider_has_a_case() -> None:
     assert catalog.for_reason_text(NEUTRAL_REPLY) is None
 
 
+@pytest.mark.postfix
 def test_json_classifies_every_recipient(rescue: Rescue, lab: PostfixLab) -> None:
     messages = run(rescue, "--json").lines
     assert len(messages) == len(lab.queue_ids("deferred"))
@@ -264,6 +256,7 @@ def test_json_classifies_every_recipient(rescue: Rescue, lab: PostfixLab) -> Non
     assert shared["sender"] == ""
 
 
+@pytest.mark.postfix
 def test_table_by_provider_counts_recipients_and_messages(rescue: Rescue) -> None:
     table, *rest = blocks(run(rescue).stdout)
     assert table[0] == ["provider", "messages", "T", *BUCKETS]
@@ -296,6 +289,7 @@ def test_table_by_provider_counts_recipients_and_messages(rescue: Rescue) -> Non
     assert why["mx07.gmx.net"]["provider"] == "unknown"
 
 
+@pytest.mark.postfix
 def test_table_by_domain(rescue: Rescue) -> None:
     table, _problems = blocks(run(rescue, "--by", "domain").stdout)
     assert table[0] == ["domain", "provider", "messages", "T", *BUCKETS]
@@ -306,6 +300,7 @@ def test_table_by_domain(rescue: Rescue) -> None:
         assert row["provider"] == group(domain)
 
 
+@pytest.mark.postfix
 def test_table_by_sender_domain_and_reason(rescue: Rescue) -> None:
     table, _ = blocks(run(rescue, "--by", "sender-domain").stdout)
     rows = rows_by_key(table)
@@ -320,6 +315,7 @@ def test_table_by_sender_domain_and_reason(rescue: Rescue) -> None:
     assert rows[refused[0]]["T"] == "2"
 
 
+@pytest.mark.postfix
 def test_reasons_show_provider_and_catalog_advice(rescue: Rescue) -> None:
     summaries = run(rescue, "--reasons", "--json").lines
     # kunde-orange.test (by MX) got the neutral reply; orange-kunde.test Orange's own.
@@ -342,6 +338,7 @@ def test_reasons_show_provider_and_catalog_advice(rescue: Rescue) -> None:
     assert orange_row[3] == "yes" and orange_row[5] == orange[0]["meaning"]
 
 
+@pytest.mark.postfix
 def test_one_dns_query_per_distinct_domain(rescue: Rescue, dns: DnsServer) -> None:
     before = dns.queries
     run(rescue, "--json")
@@ -349,6 +346,7 @@ def test_one_dns_query_per_distinct_domain(rescue: Rescue, dns: DnsServer) -> No
     assert asked == Counter({(case.domain, "MX"): 1 for case in CASES})
 
 
+@pytest.mark.postfix
 def test_no_dns_asks_nothing_and_falls_back(rescue: Rescue, dns: DnsServer) -> None:
     before = dns.queries
     lines = run(rescue, "--json", "--no-dns").lines
@@ -368,16 +366,15 @@ BULK_MESSAGES = int(os.environ.get("RESCUE_BULK_MESSAGES", "2000"))
 BULK_DOMAINS = 20
 
 
+@pytest.mark.postfix
 @pytest.mark.timeout(300)
-def test_big_queue_one_query_per_domain(
-    tmp_path_factory: pytest.TempPathFactory, providers: dict[str, FakeProvider]
-) -> None:
+def test_big_queue_one_query_per_domain(lab_root: Path, providers: dict[str, FakeProvider]) -> None:
     domains = [f"bulk{i}.test" for i in range(BULK_DOMAINS)]
     names = sorted(PROVIDER_MX)
     with DnsServer() as server:
         for index, domain in enumerate(domains):
             server.add_mx(domain, [(10, PROVIDER_MX[names[index % len(names)]][0])])
-        root = tmp_path_factory.mktemp("scan-bulk")
+        root = lab_root
         hop = providers["neutral"].next_hop
         with PostfixLab(
             root / "postfix", name="bulk", transports=dict.fromkeys(domains, hop)
