@@ -1,8 +1,13 @@
-"""Fixtures over the test lab: a shared Postfix, fake SMTP servers, DNS and certificates.
+"""Fixtures over the test lab: a Postfix, fake SMTP servers, DNS and certificates.
 
-The Postfix instance and the servers it routes to live for the whole session (starting
-Postfix costs time); the `postfix`, `provider` and `accepting` fixtures hand them to a test
-with an empty queue, the original main.cf and no scripted faults.
+A test that needs a lab Postfix carries the `postfix` mark; without root (or without
+Postfix installed) it is skipped, with the reason, before any of its fixtures is set up.
+Tests without the mark run anywhere.
+
+The Postfix instance of this file lives for one test module (starting Postfix costs
+time), the servers it routes to for the session; the `postfix`, `provider` and
+`accepting` fixtures hand them to a test with an empty queue, the original main.cf and
+no scripted faults.
 
 Routes of the shared Postfix:
   kunde1.test .. kunde40.test and every name under ionos-kunde.test -> `provider`
@@ -37,6 +42,27 @@ def lab_unavailable() -> str | None:
     if shutil.which("postconf") is None or not SYSTEM_MASTER_CF.exists():
         return "Postfix is not installed (no postconf or /etc/postfix/master.cf)"
     return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the reason, every test marked `postfix` on a machine without the lab."""
+    reason = lab_unavailable()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("postfix") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def module_lab_root() -> Iterator[Path]:
+    """An empty folder for a module's lab Postfix (see `lab_root`), removed afterwards."""
+    root = new_lab_root("module-")
+    try:
+        yield root
+    finally:
+        remove_lab_root(root)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +123,7 @@ def accepting(_accepting_server: RecordingSmarthost) -> RecordingSmarthost:
     return _accepting_server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def _postfix_lab(
     _provider_server: FakeProvider,
     _accepting_server: RecordingSmarthost,
@@ -105,7 +131,7 @@ def _postfix_lab(
     reason = lab_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    root = new_lab_root("session-")
+    root = new_lab_root("lab-")
     transports = dict.fromkeys([*CUSTOMER_DOMAINS, CUSTOMER_PARENT], _provider_server.next_hop)
     transports[ACCEPTING_DOMAIN] = _accepting_server.next_hop
     lab = PostfixLab(root / "postfix", transports=transports, name="lab")
@@ -121,7 +147,7 @@ def _postfix_lab(
 def postfix(
     _postfix_lab: PostfixLab, provider: FakeProvider, accepting: RecordingSmarthost
 ) -> PostfixLab:
-    """The shared, running Postfix with an empty queue and its original configuration."""
+    """The module's running Postfix with an empty queue and its original configuration."""
     lab = _postfix_lab
     lab.start()  # a test may have stopped it
     lab.restore_config()

@@ -10,13 +10,15 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from rescue.journal.store import ACCEPTED, DELETED, HELD, SKIPPED, Journal
+from rescue.errors import RescueError
+from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SKIPPED, Journal
 from rescue.model import Selected
 from rescue.postfix.queue import MailQueue
 
 log = logging.getLogger(__name__)
 
 NOT_DEFERRED = "no longer in the deferred queue (Postfix delivered or moved it)"
+HOLD_FAILED = "the hold failed; released"
 
 
 class Taken(Protocol):
@@ -58,11 +60,31 @@ def skip_sent(
 
 
 def hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> tuple[list[T], list[T]]:
-    """Journal, then hold: (held, no longer in the deferred queue)."""
+    """Journal, then hold: (held, no longer in the deferred queue).
+
+    A hold that fails (also part way) is undone before its error goes on: every
+    message it was asked to hold is released (those it did not hold stay deferred).
+    """
     if not items:
         return [], []
     begin_hold(journal, items)
-    return end_hold(journal, items, queue.hold(i.queue_id for i in items))
+    try:
+        held_ids = queue.hold(i.queue_id for i in items)
+    except RescueError:
+        undo_hold(journal, queue, items)
+        raise
+    return end_hold(journal, items, held_ids)
+
+
+def undo_hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> None:
+    """Release whatever a failed hold may have held; a failure here is left to recovery."""
+    try:
+        released = queue.release(i.queue_id for i in items)
+        journal.record(
+            [i.key for i in items if i.queue_id in released], RELEASED, detail=HOLD_FAILED
+        )
+    except RescueError as exc:
+        log.error("releasing after a failed hold: %s; the next run's recovery does it", exc)
 
 
 def begin_hold(journal: Journal, items: Sequence[T]) -> None:

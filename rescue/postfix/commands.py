@@ -165,7 +165,9 @@ class Postfix:
 
     # --- changing the queue (batched: one process for any number of ids) ----------------
 
-    def _postsuper(self, flag: str, queue_ids: Iterable[str], queue: str) -> set[str]:
+    def _postsuper(
+        self, flag: str, queue_ids: Iterable[str], queue: str, *, all_or_nothing: bool = False
+    ) -> set[str]:
         ids = [q for q in queue_ids if valid_queue_id(q)]
         if not ids:
             return set()
@@ -177,8 +179,15 @@ class Postfix:
             if (m := _POSTSUPER_LINE.match(line))
         }
         if result.returncode != 0:
-            if not done:
-                raise PostfixError(f"postsuper {flag} - {queue} failed: {_text(result.stderr)}")
+            if not done or all_or_nothing:
+                # Its complaint, without the lines for each message it did act on.
+                said = b"\n".join(
+                    line for line in result.stderr.splitlines() if not _POSTSUPER_LINE.match(line)
+                )
+                raise PostfixError(
+                    f"postsuper {flag} - {queue} failed (after acting on {len(done)} of "
+                    f"{len(ids)} messages): {_text(said)}"
+                )
             # It acted on some before failing: those must be accounted for (a held
             # message has to be released again), so report them and log the rest.
             log.error("postsuper %s - %s failed part way: %s", flag, queue, _text(result.stderr))
@@ -188,8 +197,10 @@ class Postfix:
         """Hold messages that are in the deferred queue now; returns those really held.
 
         Limiting to `deferred` leaves alone a message the queue manager is delivering.
+        A postsuper that fails, also part way, raises PostfixError: nothing of that hold
+        is sent, and the caller releases every message it asked to hold.
         """
-        return self._postsuper("-h", queue_ids, "deferred")
+        return self._postsuper("-h", queue_ids, "deferred", all_or_nothing=True)
 
     def release(self, queue_ids: Iterable[str]) -> set[str]:
         """Move held messages back to the deferred queue, where Postfix retries them."""

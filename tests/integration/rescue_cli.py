@@ -48,6 +48,7 @@ class Rescue:
     providers: str = ""
     extra: str = ""
     command_dir: Path | None = None  # a folder of wrapped Postfix commands, for fault tests
+    postfix_extra: str = ""  # more lines for the [postfix] table, e.g. own_relays = [...]
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,7 @@ class Rescue:
 [postfix]
 config_dir = "{self.lab.config_dir}"
 command_dir = "{self.command_dir or self.lab.command_dir}"
+{self.postfix_extra}
 
 [journal]
 path = "{self.journal_path}"

@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.world import World, body
 from tests.lab.postfix import Submission
+from tests.lab.smtpd import Fault
 
 pytestmark = pytest.mark.postfix
 
@@ -146,6 +147,8 @@ def test_empty_queue(w: World) -> None:
 
 
 def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: Path) -> None:
+    # postsuper holds every message, then fails: a hold that failed sends nothing,
+    # gives every message back to Postfix and ends with exit code 4 (README: Exit codes).
     ids = submit(w, 3)
     commands = command_folder(
         tmp_path / "bin",
@@ -160,14 +163,74 @@ def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: P
         "flush", "--provider", "ionos", "--json"
     )
 
-    assert result.code == 0, result.stderr
-    assert result.summary["rerouted"] == 3
-    assert "failed part way" in result.stderr
-    assert {r.rcpt_tos[0] for r in w.smarthost.received} == {
-        f"c{i}@kunde{i + 1}.test" for i in range(3)
-    }
-    assert w.lab.queue() == []
-    assert len(ids) == 3
+    assert result.code == 4, result.stderr
+    assert (
+        "postsuper -h - deferred failed (after acting on 3 of 3 messages): postsuper: "
+        "Placed on hold: 3 messages postsuper: fatal: disk trouble"
+    ) in result.stderr
+    assert w.smarthost.received == []
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    assert w.lab.queue_ids("hold") == []
+    assert {o["action"] for o in result.outcomes.values()} <= {"released"}
+
+
+def test_export_with_a_failing_hold_leaves_nothing_on_hold(w: World, tmp_path: Path) -> None:
+    ids = submit(w, 2)
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"\n'
+            'case " $* " in *" -h "*) echo "postsuper: fatal: disk trouble" >&2; exit 1;; esac\n'
+        ),
+    )
+    target = tmp_path / "export"
+
+    result = w.rescue("partial-hold-export", command_dir=commands).run(
+        "export", "--to", str(target), "--provider", "ionos", "--yes", "--json"
+    )
+
+    assert result.code == 4, result.stderr
+    assert "disk trouble" in result.stderr
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    assert w.lab.queue_ids("hold") == []
+    assert not list(target.glob("*.eml"))
+
+
+def test_journal_failing_mid_flush_is_exit_70_with_nothing_left_on_hold(
+    w: World, tmp_path: Path
+) -> None:
+    # Right after the hold the journal's disk "fills up": postsuper's wrapper limits the
+    # size of files queue-rescue may write (prlimit on its parent, the flush) to what the
+    # journal's write-ahead log has now, so its next write fails. Nothing in queue-rescue
+    # expects that: exit 70, and every message it held is back in Postfix. The smarthost
+    # refuses them all, so each must have been released, none deleted.
+    ids = submit(w, 3)
+    w.smarthost.script(Fault(stage="MAIL", reply="550 5.7.1 not today", times=None))
+    rescue = w.rescue("journal-full")
+    wal = f"{rescue.journal_path}-wal"
+    commands = command_folder(
+        tmp_path / "bin",
+        w.lab.command_dir,
+        postsuper=(
+            'REAL/postsuper "$@"; status=$?\n'
+            f'case " $* " in *" -h "*) prlimit --pid $PPID --fsize=$(stat -c %s {wal});; esac\n'
+            "exit $status\n"
+        ),
+    )
+    rescue.command_dir = commands
+
+    result = rescue.run("flush", "--provider", "ionos", "--json")
+
+    assert result.code == 70, result.stderr
+    assert f"queue-rescue: error: journal {rescue.journal_path}: disk I/O error" in result.stderr
+    assert w.smarthost.received == []
+    assert w.lab.queue_ids("hold") == []
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+    # Refused ("released"), or caught by the journal's failure before it was sent
+    # ("failed", the writer thread's error shows when the next write is handed over).
+    assert set(result.outcomes) == set(ids)
+    assert {o["action"] for o in result.outcomes.values()} <= {"released", "failed"}
 
 
 def test_broken_and_vanished_files_with_read_ahead(w: World, tmp_path: Path) -> None:

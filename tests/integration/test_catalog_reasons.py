@@ -19,8 +19,6 @@ this), so every example is fed verbatim, its code included.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -39,12 +37,7 @@ from tests.lab.dns import DnsServer
 from tests.lab.postfix import PostfixLab, Submission
 from tests.lab.smtpd import FakeProvider, Fault
 
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("postqueue") is None, reason="needs Postfix and root"
-    ),
-]
+pytestmark = pytest.mark.postfix
 
 
 @dataclass(frozen=True)
@@ -90,7 +83,7 @@ def dns() -> Iterator[DnsServer]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostfixLab, FakeProvider]]:
+def lab(module_lab_root: Path) -> Iterator[tuple[PostfixLab, FakeProvider]]:
     with ExitStack() as stack:
         at_rcpt = stack.enter_context(FakeProvider())
         at_rcpt.clear_faults()  # answer MAIL FROM, refuse each recipient its own way
@@ -104,7 +97,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostfixLab, 
                 routes[example.domain] = at_mail.next_hop
         postfix = stack.enter_context(
             PostfixLab(
-                tmp_path_factory.mktemp("reasons-postfix"),
+                module_lab_root / "postfix",
                 transports=routes,
                 settings={"soft_bounce": "yes"},
             )

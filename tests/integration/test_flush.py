@@ -7,6 +7,7 @@ queue and what the command printed and returned.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 
@@ -204,17 +205,34 @@ def test_refused_recipient_sends_nothing_and_gives_the_message_back(w: World) ->
 
 
 def test_limit_and_older_than(w: World) -> None:
-    ids = [w.lab.submit("alice@example.com", [f"x@kunde{n}.test"], body(n)) for n in (10, 11, 12)]
-    w.lab.wait_deferred(3)
+    # Five messages; three are dated back (their queue files' arrival times), by minutes:
+    ages = {0: 0, 1: 180, 2: 120, 3: 90, 4: 0}
+    ids = [w.lab.submit("alice@example.com", [f"x@kunde{n + 1}.test"], body(n)) for n in ages]
+    w.lab.wait_deferred(len(ids))
+    now = int(time.time())
+    for n, minutes in ages.items():
+        if minutes:
+            w.lab.set_arrival(ids[n], now - minutes * 60)
     rescue = w.rescue("limit")
 
-    young = rescue.run("flush", "--provider", "ionos", "--older-than", "1h", "--json")
-    assert young.summary["selected"] == 0
+    old = rescue.run("flush", "--provider", "ionos", "--older-than", "100m", "--json")
 
-    limited = rescue.run("flush", "--provider", "ionos", "--limit", "2", "--json")
-    assert limited.summary["rerouted"] == 2
-    assert len(w.lab.queue_ids("deferred")) == 1
-    assert set(limited.outcomes) < set(ids)
+    assert old.code == 0, old.stderr
+    assert set(old.outcomes) == {ids[1], ids[2]}
+    assert sorted(r.rcpt_tos for r in w.smarthost.received) == [
+        ("x@kunde2.test",),
+        ("x@kunde3.test",),
+    ]
+    assert sorted(w.lab.queue_ids("deferred")) == sorted([ids[0], ids[3], ids[4]])
+
+    # --limit takes the oldest of what is left: the one 90 minutes old.
+    w.smarthost.reset()
+    limited = rescue.run("flush", "--provider", "ionos", "--limit", "1", "--json")
+
+    assert limited.code == 0, limited.stderr
+    assert list(limited.outcomes) == [ids[3]]
+    assert [r.rcpt_tos for r in w.smarthost.received] == [("x@kunde4.test",)]
+    assert sorted(w.lab.queue_ids("deferred")) == sorted([ids[0], ids[4]])
 
 
 def test_flush_without_a_selector_refuses(w: World) -> None:

@@ -10,9 +10,7 @@ byte with what `postcat -e` and `postcat -bh` print.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
 import socketserver
 import struct
@@ -32,12 +30,7 @@ from tests.lab import recv_exactly
 from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider, RecordingSmarthost
 
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("postcat") is None, reason="needs Postfix and root"
-    ),
-]
+pytestmark = pytest.mark.postfix
 
 QUEUES = ("incoming", "active", "deferred", "hold")
 DEFERRED_DOMAIN = "provider.test"
@@ -234,10 +227,10 @@ def _submit_all(lab: PostfixLab) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
+def queue(module_lab_root: Path) -> Iterator[Queue]:
     with FakeProvider() as provider, RecordingSmarthost() as accepting, Milter() as milter:
         lab = PostfixLab(
-            tmp_path_factory.mktemp("queuefile"),
+            module_lab_root / "postfix",
             name="queuefile",
             transports={DEFERRED_DOMAIN: provider.next_hop, ACCEPTED_DOMAIN: accepting.next_hop},
             settings={"smtpd_milters": milter.socket, "milter_default_action": "tempfail"},

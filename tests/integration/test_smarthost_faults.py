@@ -22,6 +22,8 @@ from tests.lab.postfix import free_port
 from tests.lab.smtpd import Fault, RecordingSmarthost
 
 FAST_RETRY = RetryConfig(attempts=3, initial_wait=0.01, max_wait=0.05)
+# A backoff so long that a test waiting for it could not pass unnoticed.
+RESTING_BACKOFF = 60.0
 CONTENT = b"From: a@example.com\nSubject: t\n\nhello\n"
 
 
@@ -230,7 +232,10 @@ def test_tls_handshake_failure(smarthost: RecordingSmarthost) -> None:
     # Implicit TLS against a server that speaks plain SMTP.
     result, _ = deliver([host("relay1", smarthost.port, tls="implicit")], envelope())
     assert isinstance(result, DeliveryError)
-    assert result.stage in ("TLS handshake", "connect")
+    # The server's plain "220" greeting is not a TLS record.
+    assert result.stage == "TLS handshake"
+    assert result.transient
+    assert "wrong version number" in str(result)
     assert smarthost.received == []
 
 
@@ -349,22 +354,31 @@ def test_a_smarthost_that_keeps_failing_rests(backup: RecordingSmarthost) -> Non
     assert len(backup.received) == 5
 
 
-def test_every_smarthost_resting_fails_fast() -> None:
-    dead = host("relay1", free_port(), max_failures=1, cooldown=60.0)
+def test_every_smarthost_resting_fails_fast(smarthost: RecordingSmarthost) -> None:
+    # A refused greeting is a permanent session failure: no retry, and with
+    # max_failures 1 the smarthost rests at once.
+    smarthost.script(Fault(stage="GREETING", reply="554 5.3.2 not now", times=None))
+    refusing = host("relay1", smarthost.port, max_failures=1, cooldown=600.0)
 
     async def go() -> tuple[object, float]:
-        dispatcher = Dispatcher([dead], RetryConfig(attempts=5, initial_wait=1.0, max_wait=5.0))
+        retry = RetryConfig(attempts=5, initial_wait=RESTING_BACKOFF, max_wait=RESTING_BACKOFF)
+        dispatcher = Dispatcher([refusing], retry)
         try:
             await dispatcher.deliver(envelope(), "s@srs.test", lambda _: None)
         except DeliveryError as first:
-            assert first.stage == "connect"
+            assert first.stage == "greeting" and not first.transient
         start = time.monotonic()
         try:
             await dispatcher.deliver(envelope(), "s@srs.test", lambda _: None)
         except DeliveryError as second:
             return second, time.monotonic() - start
+        finally:
+            await dispatcher.close()
         return None, 0.0
 
     err, elapsed = asyncio.run(go())
     assert isinstance(err, DeliveryError) and "resting" in str(err)
-    assert elapsed < 1.0  # no backoff waits while every smarthost rests
+    assert smarthost.connections == 1  # the resting smarthost was not asked again
+    # No backoff waits while every smarthost rests. The first wait alone would be
+    # RESTING_BACKOFF seconds; the bound leaves a slow machine half of that.
+    assert elapsed < RESTING_BACKOFF / 2

@@ -25,12 +25,13 @@ class LabCerts:
     other_ca_file: Path  # trusts nothing here: for "certificate not trusted" tests
 
     @classmethod
-    def create(cls, folder: Path) -> LabCerts:
-        """Make new keys and certificates in `folder` (readable by the postfix user)."""
+    def create(cls, folder: Path, names: tuple[str, ...] = SERVER_NAMES) -> LabCerts:
+        """Make new keys and certificates in `folder` (readable by the postfix user);
+        the server certificate is good for `names` only."""
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
         ca = trustme.CA(organization_name="queue-rescue lab CA")
-        server = ca.issue_cert(*SERVER_NAMES)
+        server = ca.issue_cert(*names)
         certs = cls(
             folder=folder,
             ca_file=folder / "ca.pem",

@@ -59,6 +59,8 @@ class DnsServer(Running):
         self._servers: list[socketserver.BaseServer] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._held: dict[str, threading.Event] = {}  # names whose answers wait for release()
+        self._waiting: collections.Counter[str] = collections.Counter()
         for name, rdtype, text, ttl in records:
             self.add(name, rdtype, text, ttl)
 
@@ -87,6 +89,24 @@ class DnsServer(Running):
                 self._zone.failures.pop(_key(name), None)
             else:
                 self._zone.failures[_key(name)] = failure
+
+    def hold(self, name: str) -> None:
+        """Keep answers about `name` back until release() (or SILENT_HOLD seconds)."""
+        with self._lock:
+            self._held[_key(name)] = threading.Event()
+
+    def release(self) -> None:
+        """Let every answer held back go, and answer at once from now on."""
+        with self._lock:
+            held, self._held = self._held, {}
+        for event in held.values():
+            event.set()
+
+    @property
+    def waiting(self) -> set[str]:
+        """Names that a question is being held back about right now."""
+        with self._lock:
+            return {name for name, count in self._waiting.items() if count}
 
     def clear(self) -> None:
         """Forget all records, failures and query counts."""
@@ -130,6 +150,13 @@ class DnsServer(Running):
             found = list(self._zone.records.get((name, rdtype), []))
             known = any(key[0] == name for key in self._zone.records)
             glue = self._glue(found) if rdtype == "MX" else []
+            held = self._held.get(name)
+        if held is not None:
+            with self._lock:
+                self._waiting[name] += 1
+            held.wait(SILENT_HOLD)
+            with self._lock:
+                self._waiting[name] -= 1
         if failure == "timeout":
             return None
         if failure == "servfail":
@@ -172,6 +199,7 @@ class DnsServer(Running):
 
     def stop(self) -> None:
         self._stopping.set()
+        self.release()
         for server in self._servers:
             server.shutdown()
             server.server_close()

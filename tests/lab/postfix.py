@@ -170,11 +170,12 @@ def inline_map(entries: Mapping[str, str]) -> str:
     return "inline:{ " + ", ".join(f"{key}={value}" for key, value in entries.items()) + " }"
 
 
-def lab_master_cf(system_text: str, smtpd_port: int) -> str:
-    """The system's master.cf with smtpd on 127.0.0.1:PORT and no service chrooted.
+def lab_master_cf(system_text: str, smtpd_port: int, *, chroot_smtp: bool = False) -> str:
+    """The system's master.cf with smtpd on 127.0.0.1:PORT and no service chrooted
+    (other inet listeners would clash with the machine's own).
 
-    A chrooted smtp client has no /etc/hosts inside its jail, and the jail is not set up
-    for a private instance; other inet listeners would clash with the machine's own.
+    With `chroot_smtp`, the smtp client alone runs chrooted in the queue directory,
+    where PostfixLab put the lab's own hosts file (see its `hosts`).
     """
     lines = []
     for line in system_text.splitlines():
@@ -188,7 +189,8 @@ def lab_master_cf(system_text: str, smtpd_port: int) -> str:
             else:
                 lines.append("#" + line)
         else:
-            fields[CHROOT_COLUMN] = "n"
+            chrooted = chroot_smtp and fields[0] == "smtp" and fields[1] == "unix"
+            fields[CHROOT_COLUMN] = "y" if chrooted else "n"
             lines.append("  ".join(fields))
     return "\n".join(lines) + "\n"
 
@@ -197,7 +199,10 @@ class PostfixLab(Running):
     """A Postfix instance living entirely under `root`, listening on a loopback port.
 
     `transports` maps a domain to a next hop such as "smtp:[127.0.0.1]:2525"; `settings`
-    overrides or adds any main.cf value.
+    overrides or adds any main.cf value. `hosts` maps host names to loopback addresses
+    for the smtp client alone (it then runs chrooted in the queue directory, with this
+    hosts file in its etc/), so a next hop can be "smtp:[mx00.kundenserver.de]:2525" and
+    Postfix's delay reasons name that host, as they do in real life.
     """
 
     def __init__(
@@ -208,8 +213,10 @@ class PostfixLab(Running):
         relayhost: str | None = None,
         name: str = "lab",
         settings: Mapping[str, str] | None = None,
+        hosts: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        self._hosts = dict(hosts or {})
         self.name = name
         self.config_dir = self.root / "etc"
         self.queue_dir = self.root / "queue"
@@ -442,6 +449,38 @@ class PostfixLab(Running):
         self.flush()
         self.wait_empty()
 
+    def set_arrival(self, queue_id: str, when: int, queue_name: str = "deferred") -> None:
+        """Date a deferred message's arrival back to `when` (epoch seconds), in its queue file.
+
+        Rewrites the digits of the file's time record in place (same length: a time with
+        as many digits), as if the message had arrived then; showq, qshape and the queue
+        manager read the arrival time from there. Only for a message Postfix is not working
+        on (deferred, with the lab's long retry times, or on hold).
+        """
+        [path] = [p for p in (self.queue_dir / queue_name).rglob(queue_id) if p.is_file()]
+        with path.open("r+b") as queue_file:
+            data = queue_file.read()
+            pos = 0
+            while pos < len(data):
+                kind, pos = data[pos], pos + 1
+                length = shift = 0
+                while True:  # the length: 7 bits a byte, low bits first, high bit = more
+                    byte, pos = data[pos], pos + 1
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                if kind == ord("T"):
+                    seconds = data[pos : pos + length].partition(b" ")[0]
+                    new = str(when).encode()
+                    if len(new) != len(seconds):
+                        raise PostfixLabError(f"{queue_id}: {when} does not fit {seconds!r}")
+                    queue_file.seek(pos)
+                    queue_file.write(new)
+                    return
+                pos += length
+        raise PostfixLabError(f"{queue_id}: no time record in {path}")
+
     def hold_ids(self, ids: Iterable[str], queue_name: str | None = None) -> list[str]:
         """Put messages on hold (`postsuper -h -`); return the ids postsuper did hold."""
         args = ["-h", "-"] + ([queue_name] if queue_name else [])
@@ -465,6 +504,17 @@ class PostfixLab(Running):
             folder.mkdir(exist_ok=True)
             folder.chmod(0o755)
         self.data_dir.mkdir(exist_ok=True)
+        if self._hosts:
+            # What a chrooted smtp client resolves names with (smtp_host_lookup = native):
+            # this hosts file, and nothing else.
+            jail_etc = self.queue_dir / "etc"
+            jail_etc.mkdir(exist_ok=True)
+            jail_etc.chmod(0o755)
+            lines = [f"{address}\t{name}\n" for name, address in self._hosts.items()]
+            (jail_etc / "hosts").write_text("".join(lines))
+            (jail_etc / "nsswitch.conf").write_text("hosts: files\n")
+            for name in ("hosts", "nsswitch.conf"):
+                (jail_etc / name).chmod(0o644)
         postfix_user = pwd.getpwnam("postfix")
         os.chown(self.data_dir, postfix_user.pw_uid, postfix_user.pw_gid)
         self.data_dir.chmod(0o700)
@@ -510,7 +560,9 @@ class PostfixLab(Running):
 
     def _write_config(self) -> None:
         main_cf = "".join(f"{key} = {value}\n" for key, value in self._main_cf().items())
-        master_cf = lab_master_cf(SYSTEM_MASTER_CF.read_text(), self.smtpd_port)
+        master_cf = lab_master_cf(
+            SYSTEM_MASTER_CF.read_text(), self.smtpd_port, chroot_smtp=bool(self._hosts)
+        )
         for name, text in (("main.cf", main_cf), ("master.cf", master_cf)):
             path = self.config_dir / name
             path.write_text(text)

@@ -181,6 +181,7 @@ class _Recorder:
         self.commands: list[str] = []  # the verbs of MAIL, RCPT, DATA, RSET, QUIT seen
         self.connections = 0
         self.transactions = 0
+        self.auth_attempts = 0  # AUTH commands that carried credentials
 
     def connection_opened(self) -> int:
         with self._changed:
@@ -202,6 +203,7 @@ class _Recorder:
             self.commands.clear()
             self.connections = 0
             self.transactions = 0
+            self.auth_attempts = 0
 
     def wait_for_count(self, n: int, timeout: float) -> list[Received]:
         with self._changed:
@@ -215,6 +217,8 @@ class _Recorder:
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
     ) -> AuthResult:
+        with self._changed:
+            self.auth_attempts += 1
         expected = self.options.require_auth
         given = (data.login, data.password) if isinstance(data, LoginPassword) else None
         wanted = tuple(part.encode() for part in expected) if expected else None
@@ -656,6 +660,11 @@ class RecordingSmarthost(Running):
     @property
     def connections(self) -> int:
         return self._recorder.connections
+
+    @property
+    def auth_attempts(self) -> int:
+        """AUTH commands that came with credentials, right or wrong."""
+        return self._recorder.auth_attempts
 
     @property
     def transactions_attempted(self) -> int:

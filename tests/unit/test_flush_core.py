@@ -155,11 +155,13 @@ def test_accepted_is_deleted_even_when_the_journal_cannot_say_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     put = rescue.journal.writer.BackgroundWriter.put
+    refused: list[str] = []  # queue ids whose `accepted` the journal refused
 
     def failing_put(
         self: rescue.journal.writer.BackgroundWriter, rows: rescue.journal.writer.Rows
     ) -> None:
         if rows and rows[0][3] == ACCEPTED:
+            refused.extend(row[1] for row in rows)
             raise JournalError("journal: disk full")
         put(self, rows)
 
@@ -170,6 +172,7 @@ def test_accepted_is_deleted_even_when_the_journal_cannot_say_so(
 
     asyncio.run(run.run(chosen))
 
+    assert sorted(refused) == sorted(s.message.queue_id for s in chosen)  # the fault struck
     assert len(smarthost.sent) == 3
     assert set(queue.where.values()) == {"gone"}  # none given back to be sent again
     assert {o.action for o in outcomes} == {"rerouted"}
