@@ -72,8 +72,10 @@ def parse_listing(lines: Iterable[bytes | str]) -> Iterator[QueuedMessage | BadL
             continue
         try:
             yield parse_line(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            yield BadLine(number, str(exc), _guess_id(line))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser's stack; no listing of
+            # Postfix's looks like that, so it is a damaged line like any other.
+            yield BadLine(number, str(exc) or type(exc).__name__, _guess_id(line))
 
 
 def _guess_id(line: bytes | str) -> str | None:

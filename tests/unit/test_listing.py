@@ -56,6 +56,13 @@ def test_garbage_truncated_and_wrong_types_are_reported_with_line_numbers() -> N
     assert len(ok) == 2
 
 
+def test_deeply_nested_json_is_a_bad_line_not_a_crash() -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    found = list(parse_listing([nested, line()]))
+    assert isinstance(found[0], BadLine) and found[0].number == 1
+    assert isinstance(found[1], QueuedMessage) and found[1].queue_id == "4F2A81C0D3"
+
+
 def test_non_utf8_address_survives() -> None:
     raw = line().replace(b"alice@example.com", b"al\xe9ce@example.com")
     [msg] = list(parse_listing([raw]))
