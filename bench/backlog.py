@@ -21,7 +21,8 @@ from bench.common import (
     SECOND_RECIPIENT_EVERY,
     SENDERS,
 )
-from tests.lab.postfix import PostfixLab, Submission
+from tests.lab.postfix import PostfixLab
+from tests.lab.submission import Submission
 
 # -- the backlog ---------------------------------------------------------------------------
 

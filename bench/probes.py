@@ -18,7 +18,8 @@ from typing import Any
 
 from bench.common import REPO, SINK_MESG, BenchError, sbin
 from tests.lab import wait_for
-from tests.lab.postfix import PostfixLab, free_port
+from tests.lab.postfix import PostfixLab
+from tests.lab.system import free_port
 
 # -- processes -----------------------------------------------------------------------------
 

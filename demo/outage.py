@@ -24,8 +24,9 @@ from pathlib import Path
 
 from tests.integration.rescue_cli import SRS_DOMAIN, Rescue, smarthost_entry
 from tests.lab.authdns import AuthoritativeDns, Zone
-from tests.lab.postfix import PostfixLab, Submission
+from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider, RecordingSmarthost
+from tests.lab.submission import Submission
 
 DOMAINS = [f"kunde{n}.example" for n in range(1, 32)]
 IONOS_MX = [(10, "mx00.kundenserver.de"), (10, "mx01.kundenserver.de")]

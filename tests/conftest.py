@@ -26,8 +26,9 @@ import pytest
 
 from tests.lab.certs import LabCerts, default_certs
 from tests.lab.dns import DnsServer
-from tests.lab.postfix import SYSTEM_MASTER_CF, PostfixLab, new_lab_root, remove_lab_root
+from tests.lab.postfix import SYSTEM_MASTER_CF, PostfixLab
 from tests.lab.smtpd import FakeProvider, RecordingSmarthost
+from tests.lab.system import new_lab_root, remove_lab_root
 
 CUSTOMER_DOMAINS = tuple(f"kunde{i}.test" for i in range(1, 41))
 # A leading dot in a transport map matches every name below that domain (transport(5)).

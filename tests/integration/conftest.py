@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import lab_unavailable
 from tests.integration.world import World, build_world
-from tests.lab.postfix import new_lab_root, remove_lab_root
+from tests.lab.system import new_lab_root, remove_lab_root
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.world import World, body
-from tests.lab.postfix import Submission
 from tests.lab.smtpd import Fault
+from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix
 

@@ -9,8 +9,8 @@ import pytest
 from tests.integration.rescue_cli import smarthost_entry
 from tests.integration.world import World
 from tests.lab.certs import default_certs
-from tests.lab.postfix import free_port
 from tests.lab.smtpd import RecordingSmarthost
+from tests.lab.system import free_port
 
 pytestmark = pytest.mark.postfix
 

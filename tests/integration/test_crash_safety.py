@@ -19,8 +19,8 @@ import pytest
 from tests.integration.rescue_cli import Rescue
 from tests.integration.world import World, body
 from tests.lab import wait_for
-from tests.lab.postfix import Submission
 from tests.lab.smtpd import Fault
+from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix
 

@@ -18,8 +18,10 @@ import pytest
 
 from tests.lab.certs import LabCerts
 from tests.lab.dns import DnsServer
-from tests.lab.postfix import PostfixLab, PostfixLabError, Submission
+from tests.lab.errors import PostfixLabError
+from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider, Fault, RecordingSmarthost
+from tests.lab.submission import Submission
 
 PROVIDER_REASON = (
     "host 127.0.0.1[127.0.0.1] said: 421 4.7.0 invalid sender domain, possibly misconfigured"

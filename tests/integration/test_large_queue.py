@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from tests.integration.world import CUSTOMER_DOMAINS, World
-from tests.lab.postfix import Submission
+from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix
 

@@ -15,7 +15,7 @@ import pytest
 from rescue.journal.lock import InstanceLock
 from tests.integration.world import World, body
 from tests.lab import wait_for
-from tests.lab.postfix import Submission
+from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix
 

@@ -20,8 +20,9 @@ import pytest
 
 from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.lab.dns import DnsServer
-from tests.lab.postfix import PostfixLab, new_lab_root, remove_lab_root
+from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider, RecordingSmarthost
+from tests.lab.system import new_lab_root, remove_lab_root
 
 pytestmark = pytest.mark.postfix
 

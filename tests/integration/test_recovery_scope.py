@@ -16,7 +16,8 @@ import pytest
 
 from tests.integration.test_bad_input import command_folder
 from tests.integration.world import World, body
-from tests.lab.postfix import PostfixLab, Submission
+from tests.lab.postfix import PostfixLab
+from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix
 

@@ -27,8 +27,10 @@ import pytest
 from rescue.classify.catalog import load_catalog
 from tests.integration.rescue_cli import Rescue, Result, smarthost_entry
 from tests.lab.dns import DnsServer, Failure
-from tests.lab.postfix import PostfixLab, Submission, free_port
+from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider
+from tests.lab.submission import Submission
+from tests.lab.system import free_port
 
 BUCKETS = ["5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"]
 # How old every queued message of the module's lab is made: in the "320" column (older

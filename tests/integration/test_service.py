@@ -26,8 +26,9 @@ import pytest
 from tests.integration.rescue_cli import Rescue
 from tests.integration.world import OTHER_DOMAIN, World, body
 from tests.lab import wait_for
-from tests.lab.postfix import Submission, free_port
 from tests.lab.smtpd import Fault
+from tests.lab.submission import Submission
+from tests.lab.system import free_port
 
 INTERVAL = 1.0
 # "Within two intervals" of the deferral, plus the test's own polling on a busy machine.

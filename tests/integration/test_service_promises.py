@@ -21,8 +21,8 @@ from tests.integration.rescue_cli import SRS_SECRET, Rescue, smarthost_entry
 from tests.integration.test_service import kunde, running, service_rescue
 from tests.integration.world import World
 from tests.lab.certs import default_certs
-from tests.lab.postfix import free_port
 from tests.lab.smtpd import Fault, RecordingSmarthost
+from tests.lab.system import free_port
 
 pytestmark = pytest.mark.postfix
 

@@ -17,8 +17,9 @@ import pytest
 from rescue.srs.rewriter import SrsRewriter
 from tests.integration.rescue_cli import SRS_DOMAIN, SRS_SECRET, Rescue, smarthost_entry
 from tests.lab import wait_for
-from tests.lab.postfix import PostfixLab, new_lab_root, remove_lab_root
+from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import RecordingSmarthost
+from tests.lab.system import new_lab_root, remove_lab_root
 
 pytestmark = pytest.mark.postfix
 

@@ -10,8 +10,6 @@ import json
 import os
 import pwd
 import re
-import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -19,11 +17,24 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.lab import LabTimeout, Running, wait_for
+from tests.lab import Running, wait_for
+from tests.lab.errors import PostfixLabError
+from tests.lab.postfix_conf import inline_map, lab_master_cf
+from tests.lab.submission import Submission, transaction
+from tests.lab.system import (
+    SUBMISSION_PATH,
+    alive,
+    command_name,
+    free_port,
+    gone,
+    kill,
+    open_path,
+    postconf_default,
+    processes_in,
+)
 
 SYSTEM_MASTER_CF = Path("/etc/postfix/master.cf")
 # Longer than any test or benchmark run, so Postfix never retries deferred mail by itself;
@@ -35,164 +46,13 @@ CLIENT_TIMEOUT = "10s"
 CONFIG_AGE = 5
 # A port chosen free can be taken before Postfix binds it; that many tries.
 START_ATTEMPTS = 3
-# The column of master.cf that says whether a service runs chrooted (master(5)).
-CHROOT_COLUMN = 4
 # The default transport for domains a test did not route: smtpd refuses such recipients
 # at RCPT, and a bounce to an unrouted sender is dropped, so no stray message lingers.
 NO_ROUTE = "error:5.1.2 this domain has no route in the lab"
 
-_QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 _HELD = re.compile(r"^postsuper: ([0-9A-Za-z]+): placed on hold$", re.MULTILINE)
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 # Queues a message passes through before its first delivery attempt ends.
 _IN_FLIGHT = frozenset({"maildrop", "incoming", "active"})
-
-
-class PostfixLabError(RuntimeError):
-    """A Postfix command or an SMTP submission failed in the lab; the text says how."""
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One message to inject, with its envelope and optional DSN parameters (RFC 3461)."""
-
-    sender: str
-    recipients: Sequence[str]
-    message: bytes
-    dsn_notify: str | None = None  # NOTIFY for every recipient, e.g. "SUCCESS,FAILURE"
-    # ORCPT as sent, e.g. "rfc822;a@b.test": one value for every recipient, or per recipient.
-    dsn_orcpt: str | Mapping[str, str] | None = None
-    envid: str | None = None
-    ret: str | None = None  # "FULL" or "HDRS"
-    smtputf8: bool | None = None  # None: only when an address is not ASCII
-
-    def mail_options(self) -> list[str]:
-        options = []
-        if self.wants_smtputf8():
-            options.append("SMTPUTF8")
-        if not self.message.isascii():
-            options.append("BODY=8BITMIME")
-        if self.ret is not None:
-            options.append(f"RET={self.ret}")
-        if self.envid is not None:
-            options.append(f"ENVID={self.envid}")
-        return options
-
-    def rcpt_options(self, recipient: str) -> list[str]:
-        options = []
-        if self.dsn_notify is not None:
-            options.append(f"NOTIFY={self.dsn_notify}")
-        orcpt = self.dsn_orcpt
-        if isinstance(orcpt, Mapping):
-            orcpt = orcpt.get(recipient)
-        if orcpt is not None:
-            options.append(f"ORCPT={orcpt}")
-        return options
-
-    def wants_smtputf8(self) -> bool:
-        if self.smtputf8 is not None:
-            return self.smtputf8
-        return not all(address.isascii() for address in (self.sender, *self.recipients))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def new_lab_root(prefix: str = "lab-") -> Path:
-    """A new empty folder for a lab, outside pytest's temporary folders, opened to 0755.
-
-    Not under /tmp/pytest-of-USER: every pytest run that starts sets that folder back to
-    0700, which locks the postfix user out of a lab another run is using.
-    """
-    root = Path(tempfile.mkdtemp(prefix=f"queue-rescue-{prefix}"))
-    open_path(root)
-    return root
-
-
-# The daemons a submission passes through, which read the lab's maps when they start.
-SUBMISSION_PATH = frozenset({"smtpd", "cleanup", "trivial-rewrite"})
-
-
-def _command_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def processes_in(folder: Path, *, below: bool = False) -> list[int]:
-    """Live processes whose working folder is `folder` (or, with below=True, inside it).
-
-    Every Postfix daemon works in its queue directory, so this finds an instance's processes.
-    """
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cwd = Path(os.readlink(entry / "cwd"))
-                inside = cwd == folder or (below and cwd.is_relative_to(folder))
-                if inside and _alive(int(entry.name)):
-                    pids.append(int(entry.name))
-    return pids
-
-
-def remove_lab_root(root: Path) -> None:
-    """Stop whatever Postfix still runs under `root` (a test that failed early), then
-    delete the folder."""
-    if processes_in(root, below=True):
-        postfix = Path(_postconf_default("command_directory")) / "postfix"
-        for main_cf in [*root.glob("etc/main.cf"), *root.glob("*/etc/main.cf")]:
-            stop = [str(postfix), "-c", str(main_cf.parent), "stop"]
-            subprocess.run(stop, capture_output=True, check=False)
-        if not _gone(lambda: next(iter(processes_in(root, below=True)), None), timeout=10):
-            for pid in processes_in(root, below=True):
-                _kill(pid)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def open_path(path: Path) -> None:
-    """Let the postfix user reach `path`: at least 0755 on it and every folder above it."""
-    for folder in (path, *path.parents):
-        mode = folder.stat().st_mode & 0o7777
-        if mode & 0o055 != 0o055:
-            folder.chmod(mode | 0o055)
-
-
-def inline_map(entries: Mapping[str, str]) -> str:
-    """A Postfix inline: table (Postfix >= 3.0) holding `entries`, or "" when empty."""
-    if not entries:
-        return ""
-    return "inline:{ " + ", ".join(f"{key}={value}" for key, value in entries.items()) + " }"
-
-
-def lab_master_cf(system_text: str, smtpd_port: int, *, chroot_smtp: bool = False) -> str:
-    """The system's master.cf with smtpd on 127.0.0.1:PORT and no service chrooted
-    (other inet listeners would clash with the machine's own).
-
-    With `chroot_smtp`, the smtp client alone runs chrooted in the queue directory,
-    where PostfixLab put the lab's own hosts file (see its `hosts`).
-    """
-    lines = []
-    for line in system_text.splitlines():
-        fields = line.split()
-        is_service = bool(fields) and not line[0].isspace() and not line.startswith("#")
-        if not is_service or len(fields) < 8:
-            lines.append(line)
-        elif fields[1] == "inet":
-            if fields[0] == "smtp":
-                lines.append(f"127.0.0.1:{smtpd_port} inet n - n - - smtpd")
-            else:
-                lines.append("#" + line)
-        else:
-            chrooted = chroot_smtp and fields[0] == "smtp" and fields[1] == "unix"
-            fields[CHROOT_COLUMN] = "y" if chrooted else "n"
-            lines.append("  ".join(fields))
-    return "\n".join(lines) + "\n"
 
 
 class PostfixLab(Running):
@@ -222,7 +82,7 @@ class PostfixLab(Running):
         self.queue_dir = self.root / "queue"
         self.data_dir = self.root / "data"
         self.maillog = self.root / "postfix.log"
-        self.command_dir = Path(_postconf_default("command_directory"))
+        self.command_dir = Path(postconf_default("command_directory"))
         self.smtpd_port = free_port()
         self.syslog_name = f"postfix-{name}-{os.getpid()}-{self.smtpd_port}"
         self._transports = dict(transports or {})
@@ -258,12 +118,12 @@ class PostfixLab(Running):
         """Stop the instance and every process of it; safe to call when it is not running."""
         if self.master_pid() is not None:
             self._command("postfix", "stop", check=False)
-            if not _gone(self.master_pid, timeout=20):
-                _kill(self.master_pid())
+            if not gone(self.master_pid, timeout=20):
+                kill(self.master_pid())
         # Daemons exit once the master is gone; any that hang on get killed.
-        if not _gone(lambda: next(iter(self._processes()), None), timeout=10):
+        if not gone(lambda: next(iter(self._processes()), None), timeout=10):
             for pid in self._processes():
-                _kill(pid)
+                kill(pid)
 
     def reload(self) -> None:
         """Make the running instance read main.cf and master.cf again."""
@@ -272,7 +132,7 @@ class PostfixLab(Running):
         logged = self._log_size()
         # An idle smtpd of the old generation may still take the next connection, with
         # the old maps: wait until those on the submission path have gone.
-        old = {pid for pid in self._processes() if _command_name(pid) in SUBMISSION_PATH}
+        old = {pid for pid in self._processes() if command_name(pid) in SUBMISSION_PATH}
         self._command("postfix", "reload")
         # The master logs this once it has read the files again; daemons started from
         # then on (all of them, soon: the old ones exit) use the new settings.
@@ -340,7 +200,7 @@ class PostfixLab(Running):
         def run_session(first: int) -> None:
             with self._smtp_session() as client:
                 for index in range(first, len(todo), sessions):
-                    ids[index] = _transaction(client, todo[index])
+                    ids[index] = transaction(client, todo[index])
 
         if sessions == 1:
             run_session(0)
@@ -432,7 +292,7 @@ class PostfixLab(Running):
             pid = int((self.queue_dir / "pid" / "master.pid").read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     # -- acting on the queue -----------------------------------------------------------
 
@@ -601,70 +461,3 @@ class PostfixLab(Running):
     def _processes(self) -> list[int]:
         """Ids of the processes working in this instance's queue folder (all its daemons)."""
         return processes_in(self.queue_dir)
-
-
-def _transaction(client: smtplib.SMTP, submission: Submission) -> str:
-    """One MAIL/RCPT/DATA transaction on an open session; the queue id from the reply."""
-    if submission.wants_smtputf8():
-        client.command_encoding = "utf-8"
-    mail = " ".join([f"FROM:<{submission.sender}>", *submission.mail_options()])
-    _expect(client, client.docmd("MAIL", mail), submission)
-    for recipient in submission.recipients:
-        rcpt = " ".join([f"TO:<{recipient}>", *submission.rcpt_options(recipient)])
-        _expect(client, client.docmd("RCPT", rcpt), submission)
-    code, reply = client.data(_BARE_LF.sub(b"\r\n", submission.message))
-    _expect(client, (code, reply), submission)
-    found = _QUEUED_AS.search(reply.decode(errors="replace"))
-    if found is None:
-        raise PostfixLabError(f"no queue id in {reply!r}")
-    return found.group(1)
-
-
-def _expect(client: smtplib.SMTP, answer: tuple[int, bytes], submission: Submission) -> None:
-    code, reply = answer
-    if not 200 <= code < 300:
-        client.rset()
-        raise PostfixLabError(
-            f"submitting {submission.sender!r} -> {list(submission.recipients)!r}: "
-            f"{code} {reply.decode(errors='replace')}"
-        )
-
-
-def _postconf_default(name: str) -> str:
-    return subprocess.run(
-        ["postconf", "-d", "-h", name], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited; only its parent has not reaped it yet.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-def _gone(current: Callable[[], int | None], timeout: float) -> bool:
-    """Wait until `current()` names no live process; False when one is still there."""
-
-    def nothing_left() -> bool:
-        pid = current()
-        return pid is None or not _alive(pid)
-
-    try:
-        wait_for(nothing_left, timeout, "processes to exit")
-    except LabTimeout:
-        return False
-    return True
-
-
-def _kill(pid: int | None) -> None:
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
