@@ -33,6 +33,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 # Each service cycle has showq scan the whole queue; more often than this is only load.
 MIN_INTERVAL = 1.0
+# [service] stop_timeout: below systemd/queue-rescue.service TimeoutStopSec (60s).
+MAX_STOP_TIMEOUT = 45.0
 # Set by systemd for a unit with LoadCredential= (systemd.exec(5), "Credentials").
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
@@ -145,6 +147,10 @@ class ServiceConfig:
     interval: float = 60.0  # seconds from the start of one cycle to the next
     # Where Prometheus scrapes the metrics: (host, port); None: no metrics served.
     metrics_listen: tuple[str, int] | None = None
+    # After SIGTERM: half of it for answers to final dots still awaited, then their
+    # connections are dropped; the rest to give everything back. The unit's
+    # TimeoutStopSec must be longer.
+    stop_timeout: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,9 +466,17 @@ def _read_service(top: _Table) -> ServiceConfig:
     if interval < MIN_INTERVAL:
         raise t.error("interval", f"must be at least {MIN_INTERVAL:g}s")
     listen = t.get_str("metrics_listen", None)
+    stop_timeout = t.get_duration("stop_timeout", 20.0)
+    if not 0 < stop_timeout <= MAX_STOP_TIMEOUT:
+        raise t.error(
+            "stop_timeout",
+            f"must be above 0s and at most {MAX_STOP_TIMEOUT:g}s (the unit's TimeoutStopSec "
+            "is 60s)",
+        )
     cfg = ServiceConfig(
         interval=interval,
         metrics_listen=None if listen is None else _host_port(t, "metrics_listen", listen),
+        stop_timeout=stop_timeout,
     )
     t.finish()
     return cfg

@@ -58,7 +58,11 @@ def parse_replies(buffer: bytearray, lines: list[bytes]) -> list[Reply]:
 
 
 class ReplyReader(asyncio.Protocol):
-    """The protocol of a taken-over SMTP connection: writes as given, replies in order."""
+    """The protocol of a taken-over SMTP connection: writes as given, replies in order.
+
+    It follows the transport's flow control (pause_writing/resume_writing), so that
+    drain() can wait until a large message has really been handed to the kernel.
+    """
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -67,6 +71,9 @@ class ReplyReader(asyncio.Protocol):
         self._replies: deque[Reply] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._broken: ReplyError | None = None
+        self._paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._dropped: int | None = None  # bytes thrown away by abort()
 
     @property
     def open(self) -> bool:
@@ -95,6 +102,46 @@ class ReplyReader(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writer()
+
+    @property
+    def unsent(self) -> int:
+        """Bytes given to write() that this process still holds (not yet in the kernel).
+
+        While it is above 0 the last byte written (a message's final dot) has not
+        left: aborting the connection then means the server never sees it.
+        """
+        if self._dropped is not None:
+            return self._dropped
+        return self.transport.get_write_buffer_size()
+
+    async def drain(self, timeout: float) -> None:
+        """Return once the transport takes more writes; ReplyTimeout after `timeout`
+        seconds without progress (each time it resumes, the wait starts again)."""
+        while self._paused:
+            if self._broken is not None:
+                raise self._broken
+            self._writable = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._writable
+            except TimeoutError:
+                raise ReplyTimeout(f"the smarthost took no data for {timeout:g}s") from None
+            finally:
+                self._writable = None
+        if self._broken is not None:
+            raise self._broken
 
     def write(self, data: bytes) -> None:
         if self._broken is not None:
@@ -117,4 +164,14 @@ class ReplyReader(asyncio.Protocol):
         return self._replies.popleft()
 
     def close(self) -> None:
+        """Close politely: what is buffered is still sent, then FIN."""
         self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once: what is buffered is thrown away (RST)."""
+        if self._dropped is None:
+            self._dropped = self.transport.get_write_buffer_size()
+        if self._broken is None:
+            self._broken = ConnectionClosed("connection aborted")
+        self.transport.abort()
+        self._wake()

@@ -28,7 +28,7 @@ from rescue.cli.flush_cmd import FOLDER, report_recovery, select
 from rescue.cli.output import age, console, json_line, print_table, show_sender
 from rescue.cli.selectors import selector_options
 from rescue.config import JournalConfig
-from rescue.errors import PostfixError, QueueFileError, RescueError
+from rescue.errors import PostfixError, PostsuperFailed, QueueFileError, RescueError
 from rescue.exitcodes import ExitCode
 from rescue.export import EML, JSON, ExportQueue, PairError, remove_pair, write_pair
 from rescue.flush import EnvelopeReader
@@ -168,7 +168,12 @@ class Export:
         return self.summary
 
     def _hold(self, items: list[_Item]) -> list[_Item]:
-        held, gone = holding.hold(self._journal, self._queue, items)
+        try:
+            held, gone = holding.hold(self._journal, self._queue, items)
+        except PostsuperFailed:
+            # Any of them may be on hold now: released as the export ends.
+            self._open.update((i.queue_id, i) for i in items)
+            raise
         self._open.update((i.queue_id, i) for i in held)
         for item in gone:
             self._report(item, SKIPPED_ACTION)
@@ -277,6 +282,9 @@ class Export:
         self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
         try:
             deleted = self._queue.delete(i.queue_id for i in items)
+        except PostsuperFailed as exc:
+            log.error("could not delete all %d exported messages from hold: %s", len(items), exc)
+            deleted = set(exc.done)
         except RescueError as exc:
             log.error("could not delete %d exported messages from hold: %s", len(items), exc)
             deleted = set()
@@ -291,6 +299,9 @@ class Export:
     def _release(self, items: list[_Item]) -> None:
         try:
             released = self._queue.release(i.queue_id for i in items)
+        except PostsuperFailed as exc:
+            log.error("could not release all %d messages: %s", len(items), exc)
+            released = set(exc.done)
         except RescueError as exc:
             log.error("could not release %d messages: %s", len(items), exc)
             released = set()

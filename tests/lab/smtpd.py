@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Self, get_args
+from typing import Any, AnyStr, Literal, Self, get_args
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -43,11 +43,14 @@ class Fault:
     """What a server does wrong, and how often.
 
     stage: where it strikes: GREETING, EHLO, MAIL, RCPT, DATA (the DATA command), BODY
-        (while the message text arrives: only "disconnect") or EOD (after the final dot).
+        (while the message text arrives: "disconnect", or "hang": a slow reader) or EOD
+        (after the final dot).
     action: "reply" answers `reply` instead of going on; "disconnect" drops the connection
-        without a word; "hang" stays silent for `seconds` (None: until the client leaves),
-        then answers `reply`, or carries on normally when there is none. A hang at EOD with
-        no reply records the message first: the server has it, only the answer is late.
+        without a word; "hang" stays silent for `seconds` (None: until the client leaves)
+        or until `gate` is set, then answers `reply`, or carries on normally when there is
+        none. A hang at EOD with no reply records the message first: the server has it,
+        only the answer is late. A hang at BODY stops reading the text after each part
+        that arrives, for `seconds` or until `gate` is set: the client's writes back up.
     times: how many matching events it strikes (None: until cleared). Each connection meets
         GREETING and EHLO once, each transaction MAIL, DATA, BODY and EOD once.
     recipient: at RCPT, strike only this address.
@@ -61,6 +64,7 @@ class Fault:
     seconds: float | None = None
     times: int | None = 1
     recipient: str | None = None
+    gate: threading.Event | None = None  # "hang": until the test sets it
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -71,14 +75,16 @@ class Fault:
             raise ValueError('action "reply" needs a reply')
         if self.action == "disconnect" and self.reply is not None:
             raise ValueError('action "disconnect" sends no reply')
-        if self.stage == "BODY" and self.action != "disconnect":
-            raise ValueError('stage "BODY" only knows action "disconnect"')
+        if self.stage == "BODY" and self.action not in ("disconnect", "hang"):
+            raise ValueError('stage "BODY" only knows actions "disconnect" and "hang"')
+        if self.stage == "BODY" and self.reply is not None:
+            raise ValueError('stage "BODY" sends no reply')
         if self.recipient is not None and self.stage != "RCPT":
             raise ValueError('only stage "RCPT" can name a recipient')
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1, or None for always")
-        if self.seconds is not None and self.action != "hang":
-            raise ValueError('only action "hang" takes seconds')
+        if (self.seconds is not None or self.gate is not None) and self.action != "hang":
+            raise ValueError('only action "hang" takes seconds or a gate')
         if self.reply is not None:
             lines = self.reply.replace("\r\n", "\n").split("\n")
             if not all(_REPLY_LINE.fullmatch(line) for line in lines):
@@ -160,6 +166,7 @@ class _Options:
     advertise_8bitmime: bool
     advertise_smtputf8: bool
     advertise_dsn: bool
+    reply_delay: float  # seconds each reply waits (a slow server); at EOD, before it records
 
 
 class _Recorder:
@@ -180,11 +187,16 @@ class _Recorder:
         self.received: list[Received] = []
         self.connections = 0
         self.transactions = 0
+        self.closed = 0  # connections that have ended
 
     def connection_opened(self) -> int:
         with self._changed:
             self.connections += 1
             return self.connections
+
+    def connection_closed(self) -> None:
+        with self._changed:
+            self.closed += 1
 
     def transaction_started(self) -> None:
         with self._changed:
@@ -196,6 +208,7 @@ class _Recorder:
             self.received.clear()
             self.connections = 0
             self.transactions = 0
+            self.closed = 0
 
     def wait_for_count(self, n: int, timeout: float) -> list[Received]:
         with self._changed:
@@ -219,7 +232,11 @@ class _Recorder:
     async def handle_DATA(self, server: _LabSMTP, session: Session, envelope: Envelope) -> str:
         fault = self.faults.take("EOD")
         if fault is None or (fault.action == "hang" and fault.reply is None):
+            # A slow server thinks before it stores the message, then answers at once:
+            # the time it has the message and the client does not know is only the wire's.
+            await server.think()
             number = self._record(server, session, envelope)
+            server.answer_now = True
             await server.act_out(fault)  # at most a pause before the late answer
             return f"250 2.0.0 Ok: queued as {number}"
         reply = await server.act_out(fault)
@@ -252,9 +269,13 @@ class _LabEnvelope(Envelope):
         self.rcpt_params: list[tuple[str, ...]] = []
 
 
-async def _pause(seconds: float | None) -> None:
-    """Sleep; None sleeps until cancelled (the client leaves or the server stops)."""
-    if seconds is None:
+async def _pause(seconds: float | None, gate: threading.Event | None = None) -> None:
+    """Sleep, or wait for `gate`; None without a gate sleeps until cancelled (the client
+    leaves or the server stops)."""
+    if gate is not None:
+        while not gate.is_set():  # short looks: a cancelled wait leaves no thread behind
+            await asyncio.sleep(0.01)
+    elif seconds is None:
         await asyncio.get_running_loop().create_future()
     else:
         await asyncio.sleep(seconds)
@@ -274,6 +295,46 @@ class _LabSMTP(SMTP):
         self.recorder = recorder
         self.options = recorder.options
         self.connection_number = 0
+        self.answer_now = False  # the next reply goes without reply_delay
+        self._slow_body: Fault | None = None  # a BODY "hang": reading the text slowly
+        self._reading_later: asyncio.Task[None] | None = None
+
+    async def think(self) -> None:
+        """The server's time to work out a reply (reply_delay)."""
+        if self.options.reply_delay:
+            await asyncio.sleep(self.options.reply_delay)
+
+    async def push(self, status: AnyStr) -> None:
+        if self.answer_now:
+            self.answer_now = False
+        else:
+            await self.think()
+        await super().push(status)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        transport = self.transport
+        fault = self._slow_body
+        if fault is None or not isinstance(transport, asyncio.Transport):
+            return
+        if transport.is_closing() or self._reading_later is not None:
+            return
+        transport.pause_reading()
+        self._reading_later = self.loop.create_task(self._read_later(transport, fault))
+
+    async def _read_later(self, transport: asyncio.Transport, fault: Fault) -> None:
+        try:
+            await _pause(fault.seconds, fault.gate)
+        finally:
+            self._reading_later = None
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.recorder.connection_closed()
+        if self._reading_later is not None:
+            self._reading_later.cancel()
+        super().connection_lost(error)
 
     def __dir__(self) -> list[str]:
         # aiosmtpd looks through dir() of every new connection for its smtp_* and auth_*
@@ -297,7 +358,7 @@ class _LabSMTP(SMTP):
                 self.transport.abort()
             await _pause(None)  # connection_lost() cancels this task
         if fault.action == "hang":
-            await _pause(fault.seconds)
+            await _pause(fault.seconds, fault.gate)
         if fault.reply is not None and fault.closes:
             # Runs after the caller has written the reply, which close() still sends.
             self.loop.call_soon(self._close)
@@ -414,11 +475,16 @@ class _LabSMTP(SMTP):
                 self.envelope = self._create_envelope()
                 await self.push(reply)
                 return
-            if self.recorder.faults.take("BODY") is not None:
+            body = self.recorder.faults.take("BODY")
+            if body is not None and body.action == "disconnect":
                 await self.push("354 End data with <CR><LF>.<CR><LF>")
                 await self._reader.read(1)  # the message has begun to arrive
-                await self.act_out(Fault("BODY", action="disconnect"))
-        await super().smtp_DATA(arg)
+                await self.act_out(body)
+            self._slow_body = body  # a slow reader until the final dot
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._slow_body = None
 
     def _mail_params(self) -> frozenset[str]:
         options = self.options
@@ -547,6 +613,7 @@ class RecordingSmarthost(Running):
         advertise_dsn: bool = True,
         certs: LabCerts | None = None,
         hostname: str = "smarthost.test",
+        reply_delay: float = 0.0,
     ) -> None:
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
@@ -562,6 +629,7 @@ class RecordingSmarthost(Running):
             advertise_8bitmime=advertise_8bitmime,
             advertise_smtputf8=advertise_smtputf8,
             advertise_dsn=advertise_dsn,
+            reply_delay=reply_delay,
         )
         self._recorder = _Recorder(options)
         tls = (certs or default_certs()).server_context() if starttls or implicit_tls else None
@@ -633,6 +701,11 @@ class RecordingSmarthost(Running):
     @property
     def connections(self) -> int:
         return self._recorder.connections
+
+    @property
+    def connections_closed(self) -> int:
+        """Connections that have ended (the server saw the client leave, or hung up)."""
+        return self._recorder.closed
 
     @property
     def transactions_attempted(self) -> int:
