@@ -155,8 +155,14 @@ class Dispatcher:
         async with host.slots:
             session = await self._session(host)
             self._busy.add(session)
+            name = host.cfg.name
+
+            def at_once(reply: str) -> None:
+                if on_accepted is not None:
+                    on_accepted(Accepted(name, reply))
+
             try:
-                reply = await session.send(envelope, sender)
+                reply = await session.send(envelope, sender, at_once)
             except SessionError:
                 session.close()
                 self._failed(host)

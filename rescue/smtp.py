@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -322,8 +323,13 @@ class Session:
                 ) from None
         return not all(a.isascii() for a in addresses)
 
-    async def send(self, envelope: Envelope, sender: str) -> str:
+    async def send(
+        self, envelope: Envelope, sender: str, on_accepted: Callable[[str], None] | None = None
+    ) -> str:
         """Send one message to all its pending recipients, or to none; the reply.
+
+        `on_accepted(reply)` runs the moment a 250 to the final dot arrives, before this
+        task resumes (see ReplyReader.on_next_reply).
 
         With PIPELINING, MAIL, every RCPT and DATA go out in one write. If the
         smarthost refuses a recipient but still says 354 to DATA, the connection
@@ -356,7 +362,7 @@ class Session:
                     await self._reset()
                 raise self._error(stage, Exception(reply.text), code=reply.code)
             stage = END_OF_DATA
-            final, cancelled = await self._upload(reader, data)
+            final, cancelled = await self._upload(reader, data, on_accepted)
         except ReplyError as exc:
             # Never let a message we give up on finish its upload: abort, not close.
             dot_out = stage == END_OF_DATA and reader.unsent == 0
@@ -378,7 +384,9 @@ class Session:
         self.sent += 1
         return str(final)
 
-    async def _upload(self, reader: ReplyReader, data: bytes) -> tuple[Reply, bool]:
+    async def _upload(
+        self, reader: ReplyReader, data: bytes, on_accepted: Callable[[str], None] | None
+    ) -> tuple[Reply, bool]:
         """Write the message and its final dot; (the final reply, whether cancelled).
 
         The reply timer starts once the data is in the kernel (drain), so a large
@@ -387,6 +395,13 @@ class Session:
         connection is aborted and the smarthost never sees the dot; once it is out,
         a cancellation waits for the answer (within the timeout) so it is not lost.
         """
+        if on_accepted is not None:
+
+            def on_final(reply: Reply) -> None:
+                if reply.code == 250:
+                    on_accepted(str(reply))
+
+            reader.on_next_reply(on_final)
         reader.write(data)
         cancelled = False
         try:
@@ -396,7 +411,10 @@ class Session:
                 reader.abort()
                 raise
             cancelled = True
-        final, late = await outcome_of(reader.read(self.cfg.timeout))
+        try:
+            final, late = await outcome_of(reader.read(self.cfg.timeout))
+        finally:
+            reader.on_next_reply(None)
         return final, cancelled or late
 
     def abort(self) -> None:

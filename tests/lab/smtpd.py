@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+import socket
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +55,7 @@ class Fault:
         that arrives, for `seconds` or until `gate` is set: the client's writes back up.
     times: how many matching events it strikes (None: until cleared). Each connection meets
         GREETING and EHLO once, each transaction MAIL, DATA, BODY and EOD once.
-    recipient: at RCPT, strike only this address.
+    recipient: at RCPT, strike only this address; at EOD, only a transaction to it.
     A reply may span lines ("421-first\\r\\n421 second"). After a 421 reply the server closes
     the connection, as RFC 5321 section 3.8 says.
     """
@@ -79,8 +81,8 @@ class Fault:
             raise ValueError('stage "BODY" only knows actions "disconnect" and "hang"')
         if self.stage == "BODY" and self.reply is not None:
             raise ValueError('stage "BODY" sends no reply')
-        if self.recipient is not None and self.stage != "RCPT":
-            raise ValueError('only stage "RCPT" can name a recipient')
+        if self.recipient is not None and self.stage not in ("RCPT", "EOD"):
+            raise ValueError('only stages "RCPT" and "EOD" can name a recipient')
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1, or None for always")
         if (self.seconds is not None or self.gate is not None) and self.action != "hang":
@@ -111,6 +113,7 @@ class Received:
     helo: str = ""
     tls: bool = False
     auth_user: str | None = None
+    at: float = 0.0  # when the server stored it (time.time())
 
 
 @dataclass
@@ -230,7 +233,7 @@ class _Recorder:
         return AuthResult(success=ok, handled=False, auth_data=data)
 
     async def handle_DATA(self, server: _LabSMTP, session: Session, envelope: Envelope) -> str:
-        fault = self.faults.take("EOD")
+        fault = self.faults.take("EOD", envelope.rcpt_tos[0] if envelope.rcpt_tos else None)
         if fault is None or (fault.action == "hang" and fault.reply is None):
             # A slow server thinks before it stores the message, then answers at once:
             # the time it has the message and the client does not know is only the wire's.
@@ -256,6 +259,7 @@ class _Recorder:
             helo=session.host_name or "",
             tls=server.tls_active,
             auth_user=login.decode(errors="replace") if isinstance(login, bytes) else None,
+            at=time.time(),
         )
         with self._changed:
             self.received.append(received)
@@ -539,9 +543,11 @@ class _ServerThread:
         self,
         protocol: Callable[[asyncio.AbstractEventLoop], asyncio.Protocol],
         ssl_context: ssl.SSLContext | None,
+        receive_buffer: int | None = None,
     ) -> None:
         self._protocol = protocol
         self._ssl_context = ssl_context
+        self._receive_buffer = receive_buffer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -565,7 +571,11 @@ class _ServerThread:
             self._live.add(protocol)
             return protocol
 
-        return await loop.create_server(connection, "127.0.0.1", 0, ssl=self._ssl_context)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self._receive_buffer is not None:  # before listen(): accepted sockets inherit it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+        sock.bind(("127.0.0.1", 0))
+        return await loop.create_server(connection, sock=sock, ssl=self._ssl_context)
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -597,7 +607,10 @@ class RecordingSmarthost(Running):
     TLS: `starttls` offers STARTTLS, `implicit_tls` speaks TLS from the first byte, both
     with the certificate of `certs` (default: tests.lab.certs.default_certs()).
     `require_auth=(user, password)` demands AUTH PLAIN/LOGIN before MAIL; with
-    `auth_require_tls` AUTH is offered and accepted only under TLS.
+    `auth_require_tls` AUTH is offered and accepted only under TLS. `reply_delay` makes
+    it slow (seconds before each reply); `receive_buffer` fixes its sockets' SO_RCVBUF
+    (bytes), so that a server that stops reading backs the client up soon, as over a
+    network, instead of taking megabytes into loopback's buffers.
     """
 
     def __init__(
@@ -614,6 +627,7 @@ class RecordingSmarthost(Running):
         certs: LabCerts | None = None,
         hostname: str = "smarthost.test",
         reply_delay: float = 0.0,
+        receive_buffer: int | None = None,
     ) -> None:
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
@@ -636,6 +650,7 @@ class RecordingSmarthost(Running):
         self._thread = _ServerThread(
             lambda loop: self._new_protocol(loop, tls if starttls else None),
             tls if implicit_tls else None,
+            receive_buffer,
         )
 
     def _new_protocol(
