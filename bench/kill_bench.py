@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/kill_bench.py` puts bench/ first
     sys.path.insert(0, str(REPO))
 
-from tests.integration.kill_runs import kill_runs, submit_backlog  # noqa: E402
+from tests.integration.kill_runs import KillReport, kill_runs, submit_backlog  # noqa: E402
 from tests.integration.rescue_cli import smarthost_entry  # noqa: E402
 from tests.integration.world import build_world  # noqa: E402
 from tests.lab.postfix import new_lab_root, remove_lab_root  # noqa: E402
@@ -67,6 +67,29 @@ def window_ms(journal: Path, received: Sequence[Received], ids: dict[str, str]) 
     }
 
 
+def causes(report: KillReport, received: Sequence[Received], ids: dict[str, str]) -> dict[str, Any]:
+    """Why each message sent twice was: the smarthost stored it the first time after the
+    nearest kill (the final dot had left, its answer never came back: SMTP's own window,
+    as long as the smarthost takes to answer the dot), or before it (its 250 was on the
+    way, not yet journaled: queue-rescue's window). Milliseconds from the kill."""
+    first: dict[str, float] = {}
+    for r in received:
+        first.setdefault(ids[r.rcpt_tos[0]], r.at)
+    after_kill, before_kill = [], []
+    for qid in report.duplicates:
+        if not report.kill_times:
+            continue
+        nearest = min(report.kill_times, key=lambda k: abs(k - first[qid]))
+        gap = round((first[qid] - nearest) * 1000, 2)
+        (after_kill if gap >= 0 else before_kill).append(abs(gap))
+    return {
+        "stored_after_the_kill": len(after_kill),
+        "stored_after_the_kill_ms": sorted(after_kill),
+        "stored_before_the_kill": len(before_kill),
+        "stored_before_the_kill_ms": sorted(before_kill),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = new_lab_root("kill-bench-")
     try:
@@ -92,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     progress=not args.json,
                 )
                 window = window_ms(rescue.journal_path, slow.received, ids)
+                why = causes(report, slow.received, ids)
         finally:
             world.stop()
     finally:
@@ -101,6 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "unannounced": report.unannounced,
         "duplicate_ids": report.duplicates,
         "window_ms": window,
+        "duplicates_by_cause": why,
         "settings": {
             "sessions": args.sessions,
             "reply_delay_s": args.reply_delay,
@@ -139,11 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{result['kills']} kills, {result['messages']} messages, "
             f"{args.sessions} sessions, {args.reply_delay * 1000:g} ms per reply: "
             f"{result['lost']} lost, {result['left_on_hold']} left on hold, "
+            f"{result['orphans']} helper processes outlived a killed flush, "
             f"{result['duplicates']} sent twice ({result['duplicates_per_100_kills']} per 100 "
             f"kills), {result['unannounced_duplicates']} of them not named as maybe sent twice; "
-            f"window (ms) {result['window_ms']}; {result['seconds']} s"
+            f"window (ms) {result['window_ms']}; by cause {result['duplicates_by_cause']}; "
+            f"{result['seconds']} s"
         )
-    bad = result["lost"] or result["left_on_hold"] or result["unannounced_duplicates"]
+    bad = (
+        result["lost"]
+        or result["left_on_hold"]
+        or result["unannounced_duplicates"]
+        or result["orphans"]
+    )
     return 1 if bad else 0
 
 

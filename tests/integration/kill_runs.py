@@ -9,7 +9,9 @@ must be one of those; none may be lost or left on hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import signal
 import time
@@ -41,6 +43,8 @@ class KillReport:
     announced: set[str] = field(default_factory=set)  # queue ids named as maybe sent twice
     lost: list[str] = field(default_factory=list)  # neither at the smarthost nor in Postfix
     on_hold: list[str] = field(default_factory=list)
+    orphans: int = 0  # processes of a killed flush still running after it (then ended here)
+    kill_times: list[float] = field(default_factory=list)  # time.time() of each kill
     seconds: float = 0.0
 
     @property
@@ -60,6 +64,7 @@ class KillReport:
             "unannounced_duplicates": len(self.unannounced),
             "lost": len(self.lost),
             "left_on_hold": len(self.on_hold),
+            "orphans": self.orphans,
             "seconds": round(self.seconds, 1),
         }
 
@@ -80,6 +85,34 @@ def uncertain_ids(stdout: str) -> set[str]:
         if obj.get("uncertain") is True and "queue_id" in obj:
             named.add(obj["queue_id"])
     return named
+
+
+def _running_with(argument: bytes) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                zombie = (entry / "stat").read_text().rsplit(") ", 1)[-1].startswith("Z")
+            except OSError:
+                continue
+            if argument in argv and not zombie:
+                pids.append(int(entry.name))
+    return pids
+
+
+def end_leftovers(config: Path) -> int:
+    """Processes a killed flush forked (they share its command line) and that outlive it:
+    a read-ahead helper must end with it. Those still there after a moment are killed
+    here (they would hold the flush's stdout open); returns how many there were."""
+    argument = str(config).encode()
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not _running_with(argument), 5, "a killed flush's helpers to end")
+    left = _running_with(argument)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(left)
 
 
 def postsuper_running(lab: PostfixLab) -> bool:
@@ -127,7 +160,10 @@ def kill_runs(
             time.sleep(rng.uniform(0, LATE_WITHIN))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)  # the tool only: a postsuper it started goes on
+            report.kill_times.append(time.time())
             report.kills += 1
+        proc.wait(timeout=60)
+        report.orphans += end_leftovers(rescue.config_path)
         out, _ = proc.communicate(timeout=60)
         report.announced |= uncertain_ids(out)
         # As an admin would start the next run, not within the same millisecond: a hold

@@ -474,5 +474,6 @@ def test_sigkill_at_random_moments_loses_nothing_and_announces_every_duplicate(
     assert report.kills >= 3, report.as_dict()
     assert report.lost == []
     assert report.on_hold == []
+    assert report.orphans == 0
     assert report.unannounced == [], report.as_dict()
     assert w.lab.queue() == []  # the last run sent everything
