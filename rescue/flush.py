@@ -410,14 +410,20 @@ class Flush:
             held_ids, cancelled = await outcome_of(self._in_thread(self._queue.hold, ids))
         except PostsuperFailed as exc:
             # Those it reported are held and go on to be sent; any other one may be held
-            # too (a report line lost as it stopped): released as the flush ends.
+            # too (a report line lost as it stopped): released (or found not held).
             maybe = [i for i in items if i.queue_id not in exc.done]
+            log.error(
+                "holding %d messages failed part way (%d not reported, to be released): %s",
+                len(items),
+                len(maybe),
+                exc,
+            )
             for item in maybe:
                 item.detail = f"the hold failed part way: {exc}"
                 self._open[item.queue_id] = item
             self._refused.extend(maybe)
             self._queue_held([i for i in items if i.queue_id in exc.done], set(exc.done))
-            raise
+            return
         except RescueError as exc:
             # postsuper failed (or timed out) part way: which messages it held is not
             # known. Release them all as the flush ends; those not on hold stay deferred.

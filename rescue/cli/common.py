@@ -138,8 +138,8 @@ class RescueGroup(click.Group):
         except KeyboardInterrupt:
             fail(
                 ExitCode.INTERRUPTED,
-                "interrupted; the messages this run held were given back to Postfix "
-                "(any that could not be are named above)",
+                "interrupted; every message this run held was released "
+                "(any that could not be is named above)",
             )
         except Exception as exc:
             log.debug("unexpected error", exc_info=True)
