@@ -20,6 +20,7 @@ the side file into the journal (replay_steps) before it acts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from rescue.errors import JournalError
 from rescue.writer import BackgroundWriter
+
+log = logging.getLogger(__name__)
 
 HOLDING = "holding"
 HELD = "held"
@@ -282,7 +285,13 @@ class Journal:
         if due:
             with self._transaction() as db:
                 db.executemany(_UPSERT, list(due.values()))
-        self.sync()
+        try:
+            self.sync()
+        except JournalError as exc:
+            # Kept for the next recovery (replaying it again changes nothing): recovery
+            # goes on, or what the crashed run held would stay on hold.
+            log.error("%s; %s is kept", exc, self.steps_path)
+            return len(due)
         self._truncate_steps()
         return len(due)
 

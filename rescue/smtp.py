@@ -402,16 +402,16 @@ class Session:
                     on_accepted(str(reply))
 
             reader.on_next_reply(on_final)
-        reader.write(data)
-        cancelled = False
         try:
-            await reader.drain(self.cfg.timeout)
-        except asyncio.CancelledError:
-            if reader.unsent > 0:  # the dot is still ours: the smarthost never gets it
-                reader.abort()
-                raise
-            cancelled = True
-        try:
+            reader.write(data)
+            cancelled = False
+            try:
+                await reader.drain(self.cfg.timeout)
+            except asyncio.CancelledError:
+                if reader.unsent > 0:  # the dot is still ours: the smarthost never gets it
+                    reader.abort()
+                    raise
+                cancelled = True
             final, late = await outcome_of(reader.read(self.cfg.timeout))
         finally:
             reader.on_next_reply(None)
