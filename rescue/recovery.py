@@ -57,6 +57,8 @@ def _acted(act: Callable[[Iterable[str]], set[str]], ids: list[str], what: str) 
     try:
         return act(ids)
     except PostsuperFailed as exc:
+        if not exc.done:
+            raise
         log.error("recovery: could not %s all %d messages: %s", what, len(ids), exc)
         return set(exc.done)
 
