@@ -492,15 +492,22 @@ class Flush:
             return asyncio.to_thread(self._read, qid)
         return self._read(qid)
 
+    async def _held_envelope(self, qid: str) -> Envelope:
+        """The message as it is on hold; FileNotFoundError when it is not on hold any more."""
+        envelope = None
+        if self._prefetcher is not None:
+            envelope = await self._prefetcher.get(qid)
+            if envelope is not None and not self._prefetcher.still_held(qid):
+                raise FileNotFoundError(qid)  # released or deleted since it was read
+        if envelope is None:
+            read = self._read_envelope(qid)
+            envelope = await read if inspect.isawaitable(read) else read
+        return envelope
+
     async def _send_one(self, item: _Item) -> None:
         qid = item.queue_id
         try:
-            envelope = None
-            if self._prefetcher is not None:
-                envelope = await self._prefetcher.get(qid)
-            if envelope is None:
-                read = self._read_envelope(qid)
-                envelope = await read if inspect.isawaitable(read) else read
+            envelope = await self._held_envelope(qid)
         except FileNotFoundError:
             item.detail = (
                 "queue file vanished while on hold, or no longer on hold "

@@ -140,5 +140,10 @@ class Prefetcher:
             raise QueueFileError(queue_id, str(value))
         return None
 
+    def still_held(self, queue_id: str) -> bool:
+        """Whether the message read ahead is still on hold: someone may have released it
+        (`postsuper -H`) since, and then it is Postfix's again. A few stat() calls."""
+        return any(os.path.exists(path) for path in hold_paths(self._queue_dir, queue_id))
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
