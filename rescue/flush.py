@@ -423,6 +423,8 @@ class Flush:
                 self._open[item.queue_id] = item
             self._refused.extend(maybe)
             self._queue_held([i for i in items if i.queue_id in exc.done], set(exc.done))
+            if self._stopping:  # a cancellation that came meanwhile was taken up above
+                raise asyncio.CancelledError from None
             return
         except RescueError as exc:
             # postsuper failed (or timed out) part way: which messages it held is not
