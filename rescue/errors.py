@@ -24,6 +24,18 @@ class PostfixError(RescueError):
     """A Postfix command failed or printed something we cannot read."""
 
 
+class PostsuperFailed(PostfixError):
+    """postsuper ended with an error (or was stopped) part way through a batch.
+
+    `done` holds the ids it reported acting on. Any other id of the batch may or may
+    not have been acted on: a message it was to hold may be on hold all the same.
+    """
+
+    def __init__(self, message: str, done: frozenset[str]) -> None:
+        self.done = done
+        super().__init__(message)
+
+
 class QueueFileError(RescueError):
     """One queued message could not be read; it stays in Postfix."""
 

@@ -144,7 +144,11 @@ class RescueGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
-            fail(ExitCode.INTERRUPTED, "interrupted; every message this run held was released")
+            fail(
+                ExitCode.INTERRUPTED,
+                "interrupted; every message this run held was released "
+                "(any that could not be is named above)",
+            )
         except Exception as exc:
             log.debug("unexpected error", exc_info=True)
             fail(
@@ -155,18 +159,33 @@ class RescueGroup(click.Group):
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run where SIGTERM, like Ctrl-C, cancels the work so `finally` blocks run."""
+    """asyncio.run where SIGTERM, like Ctrl-C, cancels the work so `finally` blocks run.
+
+    Only the first signal cancels: a second Ctrl-C (asyncio's own handler would raise
+    KeyboardInterrupt wherever the program is) must not cut short the settling that
+    gives held mail back to Postfix.
+    """
     import asyncio  # noqa: PLC0415  (50 ms; a scan imports it while showq works)
 
     async def guarded() -> T:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def stop() -> None:
+            if task.cancelling():
+                log.warning("still giving held messages back to Postfix; please wait")
+                return
+            task.cancel()
+
+        for signum in signals:
+            loop.add_signal_handler(signum, stop)
         try:
             return await main
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            for signum in signals:
+                loop.remove_signal_handler(signum)
 
     try:
         return asyncio.run(guarded())

@@ -203,7 +203,7 @@ def export(
         try:
             journal.begin_run("export", os.getpid(), keep=cfg.journal.keep)
             postfix = Postfix(cfg.postfix)
-            report_recovery(recover(journal, postfix))
+            report_recovery(recover(journal, postfix), as_json=as_json)
             selection = select(cfg, selectors)
             if not selection:
                 click.echo("Nothing to export: no deferred message matches.", err=True)

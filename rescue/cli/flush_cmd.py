@@ -27,6 +27,7 @@ from rescue.cli.common import (
     run_async,
 )
 from rescue.cli.flush_report import FlushReporter
+from rescue.cli.output import json_line
 from rescue.cli.queueview import QueueReader
 from rescue.cli.selectors import selector_options
 from rescue.cli.waiting import queue_lock, wait_option
@@ -165,17 +166,46 @@ def recover_copy(journal: Journal, copy: Copy) -> RecoveryReport:
         deleted=first.deleted + strays.deleted,
         released=first.released + strays.released,
         gone=first.gone,
+        uncertain=first.uncertain,
     )
 
 
-def report_recovery(report: RecoveryReport) -> None:
+def report_recovery(report: RecoveryReport, *, as_json: bool = False) -> None:
+    """One line on stderr; each message that may now be delivered twice is named, also
+    as a JSON line on stdout with --json."""
     if report.empty:
         return
+    uncertain = ""
+    if report.uncertain:
+        names = ", ".join(u.queue_id for u in report.uncertain)
+        uncertain = (
+            f"; {len(report.uncertain)} of them were being sent when it stopped and may be "
+            f"delivered twice: {names}"
+        )
     click.echo(
         f"queue-rescue: recovered from an interrupted run: {len(report.deleted)} accepted "
-        f"message(s) deleted, {len(report.released)} released to Postfix",
+        f"message(s) deleted, {len(report.released)} released to Postfix{uncertain}",
         err=True,
     )
+    if as_json:
+        json_line(
+            {
+                "recovery": {
+                    "deleted": len(report.deleted),
+                    "released": len(report.released),
+                    "gone": len(report.gone),
+                    "uncertain": [
+                        {
+                            "queue_id": u.queue_id,
+                            "smarthost": u.smarthost,
+                            "action": u.action,
+                            "uncertain": True,
+                        }
+                        for u in report.uncertain
+                    ],
+                }
+            }
+        )
 
 
 def confirm(selection: list[Selected], cfg: Config) -> bool:
@@ -216,6 +246,12 @@ def execute(
         return run_async(flush.run(selection))
     except KeyboardInterrupt:
         reporter.finish(flush.summary)
+        if flush.left_on_hold:
+            click.echo(
+                f"queue-rescue: {len(flush.left_on_hold)} message(s) could not be given back "
+                f"and stay on hold until the next run: {', '.join(flush.left_on_hold)}",
+                err=True,
+            )
         raise
 
 
@@ -324,13 +360,13 @@ def flush(
             prefetch_from: str | None = None
             if copy is None:
                 postfix = Postfix(cfg.postfix)
-                report_recovery(recover(journal, postfix))
+                report_recovery(recover(journal, postfix), as_json=as_json)
                 reader = HeldMessageReader(postfix)
                 queue, read_envelope, read_in_thread = postfix, reader, not reader.direct
                 if reader.queue_dir is not None:
                     prefetch_from = str(reader.queue_dir)
             else:
-                report_recovery(recover_copy(journal, copy))
+                report_recovery(recover_copy(journal, copy), as_json=as_json)
                 queue, read_envelope = copy, copy.read_envelope
             chooser = Chooser(
                 QueueReader(cfg, source=copy, use_dns=not everything),

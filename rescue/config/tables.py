@@ -13,6 +13,7 @@ from rescue.config.values import (
     DEFAULT_JOURNAL_KEEP,
     DEFAULT_JOURNAL_PATH,
     DEFAULT_PORTS,
+    MAX_STOP_TIMEOUT,
     MIN_INTERVAL,
     MIN_JOURNAL_KEEP,
     REROUTE_MODES,
@@ -176,9 +177,17 @@ def read_service(top: Table) -> ServiceConfig:
     if interval < MIN_INTERVAL:
         raise t.error("interval", f"must be at least {MIN_INTERVAL:g}s")
     listen = t.get_str("metrics_listen", None)
+    stop_timeout = t.get_duration("stop_timeout", 20.0)
+    if not 0 < stop_timeout <= MAX_STOP_TIMEOUT:
+        raise t.error(
+            "stop_timeout",
+            f"must be above 0s and at most {MAX_STOP_TIMEOUT:g}s (the unit's TimeoutStopSec "
+            "is 60s)",
+        )
     cfg = ServiceConfig(
         interval=interval,
         metrics_listen=None if listen is None else host_port(t, "metrics_listen", listen),
+        stop_timeout=stop_timeout,
     )
     t.finish()
     return cfg

@@ -21,6 +21,8 @@ REROUTE_MODES = ("manual", "auto")
 
 # Each service cycle has showq scan the whole queue; more often than this is only load.
 MIN_INTERVAL = 1.0
+# [service] stop_timeout: below systemd/queue-rescue.service TimeoutStopSec (60s).
+MAX_STOP_TIMEOUT = 45.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,10 @@ class ServiceConfig:
     interval: float = 60.0  # seconds from the start of one cycle to the next
     # Where Prometheus scrapes the metrics: (host, port); None: no metrics served.
     metrics_listen: tuple[str, int] | None = None
+    # After SIGTERM: half of it for answers to final dots still awaited, then their
+    # connections are dropped; the rest to give everything back. The unit's
+    # TimeoutStopSec must be longer.
+    stop_timeout: float = 20.0
 
 
 # Public DNS block lists queried by `diagnose` by default: Spamhaus ZEN (it refuses

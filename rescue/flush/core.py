@@ -22,7 +22,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from rescue.aio import outcome_of
-from rescue.errors import DeliveryError, JournalError, PostfixError, QueueFileError, RescueError
+from rescue.errors import (
+    DeliveryError,
+    JournalError,
+    PostfixError,
+    PostsuperFailed,
+    QueueFileError,
+    RescueError,
+)
 from rescue.flush import holding
 from rescue.flush.prefetch import Prefetcher
 from rescue.journal.store import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
@@ -197,7 +204,12 @@ class Flush:
         primary: str,
         read_in_thread: bool = True,
         prefetch_from: str | None = None,
+        stop_grace: float | None = None,
     ) -> None:
+        """`stop_grace`: once the flush is cancelled, how long a message whose final dot
+        is out may still wait for the smarthost's answer before its connection is
+        dropped (it is then given back as uncertain); None waits the smarthost's timeout.
+        """
         self._queue = queue
         self._journal = journal
         self._srs = srs
@@ -227,6 +239,10 @@ class Flush:
         self._given_back: set[str] = set()
         self._feed_error: BaseException | None = None
         self._stopping = False  # the flush is ending: no worker takes another message
+        self._stop_grace = stop_grace
+        # Held messages the closing settle could not give back or delete (postsuper
+        # failed): on hold until the next run's recovery.
+        self.left_on_hold: list[str] = []
 
     # --- planning (no change to the queue) --------------------------------------------
 
@@ -263,14 +279,19 @@ class Flush:
             await self._flush(aiter(batches))
         finally:
             # Whatever happened (an error, Ctrl-C, SIGTERM): nothing we hold stays on hold.
+            # A postsuper that failed part way leaves what it did not report open: the
+            # second settle tries those again.
             self._settle()
+            waiting = {i.queue_id for i in (*self._accepted, *self._refused)}
             for item in self._open.values():  # held, and not settled
+                if item.queue_id in waiting:
+                    continue
                 if item.accepted:  # a smarthost has it: never back to Postfix
                     self._accepted.append(item)
                     continue
                 item.detail = item.detail or "interrupted before the smarthost accepted it"
                 self._refused.append(item)
-            self._settle()
+            self._settle(last_try=True)
             await self._dispatcher.close()
             self.summary.elapsed = time.monotonic() - self.summary.started
         return self.summary
@@ -314,10 +335,23 @@ class Flush:
             self._stopping = True
             for task in (feeder, *workers):
                 task.cancel()
+            # Held, never started: given back now (the settler's next round), not after
+            # the slowest answer to a final dot that is still awaited.
+            self._give_back_untouched()
+            ending = asyncio.gather(feeder, *workers, return_exceptions=True)
             try:
+                if self._stop_grace is not None:
+                    await outcome_of(asyncio.wait({ending}, timeout=self._stop_grace))
+                    if not ending.done():
+                        log.warning(
+                            "stopping: answers still awaited after %gs; dropping those "
+                            "connections (their messages go back as uncertain)",
+                            self._stop_grace,
+                        )
+                        self._dispatcher.abort()
                 # The feeder learns what a hold in progress did before it ends (see _take);
                 # waited for also through a second cancellation.
-                await outcome_of(asyncio.gather(feeder, *workers, return_exceptions=True))
+                await outcome_of(ending)
             finally:
                 # Let the settler finish the batch it may be in the middle of (its
                 # postsuper runs in a thread; its result must not be lost).
@@ -327,6 +361,12 @@ class Flush:
                     everything.exception()  # seen (it was raised above, if any)
         if self._feed_error is not None:
             raise self._feed_error
+
+    def _give_back_untouched(self) -> None:
+        todo, self._todo = list(self._todo), collections.deque()
+        for item in todo:
+            item.detail = item.detail or "stopped before it was sent"
+        self._refused.extend(todo)
 
     async def _feed(self, batches: AsyncIterator[Sequence[Selected]]) -> None:
         """Hold each batch and queue it for the senders, staying a little ahead of them.
@@ -369,8 +409,10 @@ class Flush:
         try:
             held_ids, cancelled = await outcome_of(self._in_thread(self._queue.hold, ids))
         except RescueError as exc:
-            # postsuper failed (or timed out) part way: which messages it held is not
-            # known. Release them all as the flush ends; those not on hold stay deferred.
+            # postsuper failed (or timed out), maybe part way: none of this hold is sent.
+            # Any of them may be on hold now (also one it did not report, as its last
+            # line can be lost when it stops): all released as the flush ends; those not
+            # on hold stay deferred.
             for item in items:
                 item.detail = f"the hold failed: {exc}"
                 self._open[item.queue_id] = item
@@ -436,17 +478,27 @@ class Flush:
             return asyncio.to_thread(self._read, qid)
         return self._read(qid)
 
+    async def _held_envelope(self, qid: str) -> Envelope:
+        """The message as it is on hold; FileNotFoundError when it is not on hold any more."""
+        envelope = None
+        if self._prefetcher is not None:
+            envelope = await self._prefetcher.get(qid)
+            if envelope is not None and not self._prefetcher.still_held(qid):
+                raise FileNotFoundError(qid)  # released or deleted since it was read
+        if envelope is None:
+            read = self._read_envelope(qid)
+            envelope = await read if inspect.isawaitable(read) else read
+        return envelope
+
     async def _send_one(self, item: _Item) -> None:
         qid = item.queue_id
         try:
-            envelope = None
-            if self._prefetcher is not None:
-                envelope = await self._prefetcher.get(qid)
-            if envelope is None:
-                read = self._read_envelope(qid)
-                envelope = await read if inspect.isawaitable(read) else read
+            envelope = await self._held_envelope(qid)
         except FileNotFoundError:
-            item.detail = "queue file vanished while on hold (deleted by someone else)"
+            item.detail = (
+                "queue file vanished while on hold, or no longer on hold "
+                "(deleted or released by someone else); left to Postfix"
+            )
             log.warning("%s: %s", qid, item.detail)
             self._open.pop(qid, None)
             self._given_back.add(qid)
@@ -481,7 +533,10 @@ class Flush:
 
         try:
             accepted = await self._dispatcher.deliver(
-                replace(envelope, sender=item.envelope_sender), item.envelope_sender, sending
+                replace(envelope, sender=item.envelope_sender),
+                item.envelope_sender,
+                sending,
+                functools.partial(self._accepted_now, item),
             )
         except AcceptedWhileCancelled as exc:  # delivered: deleted as the flush ends
             self._took(item, exc.accepted)
@@ -495,8 +550,14 @@ class Flush:
             return
         self._took(item, accepted)
 
-    def _took(self, item: _Item, accepted: Accepted) -> None:
-        """A smarthost accepted the message: from now on it is deleted, never given back."""
+    def _accepted_now(self, item: _Item, accepted: Accepted) -> None:
+        """The smarthost's 250 was just read: journal it before anything else happens.
+
+        From now on the message is deleted, never given back (see Journal.record:
+        the step survives a crash of this process from here on).
+        """
+        if item.accepted:
+            return
         item.smarthost, item.reply = accepted.smarthost, accepted.reply
         item.accepted = True
         try:
@@ -507,6 +568,10 @@ class Flush:
             log.error(
                 "%s: journal: %s; deleting the accepted message all the same", item.queue_id, exc
             )
+
+    def _took(self, item: _Item, accepted: Accepted) -> None:
+        """A smarthost accepted the message: from now on it is deleted, never given back."""
+        self._accepted_now(item, accepted)
         log.info(
             "%s: rerouted to %s via %s: %s",
             item.queue_id,
@@ -538,13 +603,13 @@ class Flush:
         if accepted:
             _, cancelled = await outcome_of(self._in_thread(self._sync_journal))
             deleted, stopped = await outcome_of(self._in_thread(self._queue_op, "delete", accepted))
-            self._after_delete(accepted, deleted)
+            self._after_delete(accepted, *deleted)
             cancelled = cancelled or stopped
         if refused:
             released, stopped = await outcome_of(
                 self._in_thread(self._queue_op, "release", refused)
             )
-            self._after_release(refused, released)
+            self._after_release(refused, *released)
             cancelled = cancelled or stopped
         if cancelled:
             raise asyncio.CancelledError
@@ -553,15 +618,15 @@ class Flush:
         """Run a blocking call (postsuper, fsync) in the flush's command threads."""
         return asyncio.get_running_loop().run_in_executor(self._commands, call, *args)
 
-    def _settle(self) -> None:
+    def _settle(self, *, last_try: bool = False) -> None:
         """Delete what smarthosts accepted, release what they did not (batched)."""
         accepted, self._accepted = self._accepted, []
         refused, self._refused = self._refused, []
         if accepted:
             self._sync_journal()
-            self._after_delete(accepted, self._queue_op("delete", accepted))
+            self._after_delete(accepted, *self._queue_op("delete", accepted), last_try=last_try)
         if refused:
-            self._after_release(refused, self._queue_op("release", refused))
+            self._after_release(refused, *self._queue_op("release", refused), last_try=last_try)
 
     def _sync_journal(self) -> None:
         """ "accepted" is on disk before the message leaves Postfix.
@@ -581,25 +646,49 @@ class Flush:
         except JournalError as exc:
             log.error("journal: %s; the next run's recovery puts it right", exc)
 
-    def _queue_op(self, operation: str, items: list[_Item]) -> set[str]:
-        """Run the queue's delete or release for these items; what it really did."""
+    def _queue_op(self, operation: str, items: list[_Item]) -> tuple[set[str], bool]:
+        """Run the queue's delete or release for these items: (what it did, whether
+        postsuper finished; if not, an id it did not report may or may not be done)."""
         act = self._queue.delete if operation == "delete" else self._queue.release
         try:
-            return act(i.queue_id for i in items)
+            return act(i.queue_id for i in items), True
+        except PostsuperFailed as exc:
+            log.error("could not %s all %d messages: %s", operation, len(items), exc)
+            return set(exc.done), False
         except RescueError as exc:
             log.error("could not %s %d messages: %s", operation, len(items), exc)
-            return set()
+            return set(), False
 
-    def _after_delete(self, items: list[_Item], deleted: set[str]) -> None:
+    def _retry_later(self, items: list[_Item], done: set[str], finished: bool) -> list[_Item]:
+        """The items to settle now; after a postsuper that failed, those it did not
+        report stay open (on hold, maybe): the flush's closing settle tries them again."""
+        if finished:
+            return items
+        for item in items:
+            if item.queue_id not in done:
+                log.warning("%s: not reported by postsuper; tried again", item.queue_id)
+        return [i for i in items if i.queue_id in done]
+
+    def _after_delete(
+        self, items: list[_Item], deleted: set[str], finished: bool, *, last_try: bool = False
+    ) -> None:
+        if not last_try:
+            items = self._retry_later(items, deleted, finished)
         self._note([i.key for i in items if i.queue_id in deleted], DELETED)
         for item in items:
             self._open.pop(item.queue_id, None)
             if item.queue_id not in deleted:
                 item.detail = "accepted, but still on hold: the next run deletes it"
                 log.error("%s: %s", item.queue_id, item.detail)
+                if not finished:
+                    self.left_on_hold.append(item.queue_id)
             self._report(item, REROUTED)
 
-    def _after_release(self, items: list[_Item], released: set[str]) -> None:
+    def _after_release(
+        self, items: list[_Item], released: set[str], finished: bool, *, last_try: bool = False
+    ) -> None:
+        if not last_try:
+            items = self._retry_later(items, released, finished)
         by_reason: dict[str, list[tuple[str, str]]] = {}
         for item in items:
             if item.queue_id in released:
@@ -615,4 +704,6 @@ class Flush:
             else:
                 item.detail = f"{item.detail}; release failed: the next run releases it"
                 log.error("%s: %s", item.queue_id, item.detail)
+                if not finished:
+                    self.left_on_hold.append(item.queue_id)
                 self._report(item, FAILED)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rescue.errors import PostfixError, QueueFileError, RescueError
+from rescue.errors import PostfixError, PostsuperFailed, QueueFileError, RescueError
 from rescue.flush import holding
 from rescue.flush.core import EnvelopeReader
 from rescue.journal.store import (
@@ -264,6 +264,11 @@ class Export:
         self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
         try:
             deleted = self._queue.delete(i.queue_id for i in items)
+        except PostsuperFailed as exc:
+            # What it reported is gone from Postfix; the rest stays accepted in the
+            # journal, and the next run's recovery deletes it.
+            log.error("could not delete all %d exported messages from hold: %s", len(items), exc)
+            deleted = set(exc.done)
         except RescueError as exc:
             log.error("could not delete %d exported messages from hold: %s", len(items), exc)
             deleted = set()
@@ -278,6 +283,9 @@ class Export:
     def _release(self, items: list[_Item]) -> None:
         try:
             released = self._queue.release(i.queue_id for i in items)
+        except PostsuperFailed as exc:
+            log.error("could not release all %d messages: %s", len(items), exc)
+            released = set(exc.done)
         except RescueError as exc:
             log.error("could not release %d messages: %s", len(items), exc)
             released = set()

@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
+import ctypes
 import multiprocessing
+import os
+import signal
 from collections.abc import Sequence
 
 from rescue.errors import QueueFileError
@@ -28,6 +32,8 @@ BROKEN = "broken"  # a QueueFileError: its text follows
 ASK_AGAIN = "ask-again"  # not where it looked, or not readable: the flush's reader decides
 
 Result = tuple[str, Envelope | str | None]
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def read_batch(queue_dir: str, queue_ids: Sequence[str]) -> dict[str, Result]:
@@ -46,6 +52,16 @@ def read_batch(queue_dir: str, queue_ids: Sequence[str]) -> dict[str, Result]:
                 pass
             break
     return out
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the helper: end with the flush's process, also when that one is killed
+    (SIGKILL leaves no time to stop it; an orphan would wait for batches for ever and
+    keep the flush's stdout and stderr open). Linux's PR_SET_PDEATHSIG."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(0)
 
 
 class Prefetcher:
@@ -67,7 +83,10 @@ class Prefetcher:
         self._asked = 0  # batches submitted so far
         self._wanted = 0  # the highest batch a sender has asked for, plus AHEAD
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("fork")
+            max_workers=1,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
         )
         # Fork the helper now, while this is the only thread; it waits for batches.
         self._pool.submit(read_batch, queue_dir, ())
@@ -120,6 +139,11 @@ class Prefetcher:
         if kind == BROKEN:
             raise QueueFileError(queue_id, str(value))
         return None
+
+    def still_held(self, queue_id: str) -> bool:
+        """Whether the message read ahead is still on hold: someone may have released it
+        (`postsuper -H`) since, and then it is Postfix's again. A few stat() calls."""
+        return any(os.path.exists(path) for path in hold_paths(self._queue_dir, queue_id))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -9,21 +9,30 @@ reuses queue ids):
 
 `deleted`, `released` and `skipped` are final. After a crash, recovery deletes
 what was accepted (never sending it again) and releases everything else.
+
+While a flush writes behind (a thread commits its rows), each `sending` and
+`accepted` is also appended to a side file (PATH-steps) with one write(2) before
+anything else happens: once the smarthost's 250 is read, or before a message's
+first byte goes out, a crash of the process cannot lose the step. Recovery folds
+the side file into the journal (replay_steps) before it acts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import JournalError
 from rescue.journal.writer import BackgroundWriter
+
+log = logging.getLogger(__name__)
 
 HOLDING = "holding"
 HELD = "held"
@@ -136,10 +145,20 @@ class Run:
 class Journal:
     """SQLite in WAL mode; every state change is its own committed transaction."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
+        """`clock` gives the time of each step; `fsync` is how a file is put on disk
+        (tests give a fixed clock, and an fsync that fails)."""
         self.path = path
-        # Every time the journal writes (state changes, runs, pruning) comes from here.
         self._clock = clock
+        self.steps_path = Path(f"{path}-steps")
+        self._fsync = fsync
+        self._steps_fd: int | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
@@ -156,8 +175,11 @@ class Journal:
         self._writer: BackgroundWriter | None = None
 
     def close(self) -> None:
-        self.stop_writing_behind()
-        self._db.close()
+        try:
+            self.stop_writing_behind()
+        finally:
+            self._close_steps()
+            self._db.close()
 
     @contextmanager
     def writing_behind(self) -> Iterator[None]:
@@ -173,15 +195,21 @@ class Journal:
             self.stop_writing_behind()
 
     def stop_writing_behind(self) -> None:
+        """Wait until the writer has committed everything; then the side file is not needed."""
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+            self._close_steps()
+            # Every line of the side file is committed now: start the next flush afresh.
+            # (Only emptied after a clean close: a writer that failed keeps it for recovery.)
+            self._truncate_steps()
 
     def sync(self) -> None:
         """Put every committed step on disk (fsync the WAL), also across a power loss.
 
         Called before messages are deleted from Postfix: a deleted message's
-        `accepted` must never be lost, or a restart would send it again.
+        `accepted` must never be lost, or a restart would send it again. Any
+        failure (the writer's, or EIO or ENOSPC at fsync) is a JournalError.
         """
         if self._writer is not None:
             self._writer.drain()
@@ -190,10 +218,90 @@ class Journal:
                 fd = os.open(f"{self.path}{suffix}", os.O_RDONLY)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                raise JournalError(f"journal {self.path}{suffix}: {exc}") from exc
             try:
-                os.fsync(fd)
+                self._fsync(fd)
+            except OSError as exc:
+                raise JournalError(f"journal {self.path}{suffix}: fsync: {exc}") from exc
             finally:
                 os.close(fd)
+
+    # --- the side file of `sending` and `accepted` ---------------------------------------
+
+    def _append_steps(self, values: Sequence[tuple[object, ...]]) -> None:
+        """Append these rows to the side file: one write(2), before the writer has them."""
+        data = b"".join(json.dumps(row).encode() + b"\n" for row in values)
+        try:
+            if self._steps_fd is None:
+                self._steps_fd = os.open(
+                    self.steps_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
+            written = os.write(self._steps_fd, data)
+        except OSError as exc:
+            raise JournalError(f"journal {self.steps_path}: {exc}") from exc
+        if written != len(data):
+            raise JournalError(f"journal {self.steps_path}: short write ({written} bytes)")
+
+    def _close_steps(self) -> None:
+        fd, self._steps_fd = self._steps_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _truncate_steps(self) -> None:
+        try:
+            os.truncate(self.steps_path, 0)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise JournalError(f"journal {self.steps_path}: {exc}") from exc
+
+    def replay_steps(self) -> int:
+        """Fold what a crashed run appended to the side file into the journal.
+
+        A line counts only while the journal has the message in an earlier open state
+        of the same run (a row the writer had not committed); then the journal is
+        synced and the side file emptied. Returns how many messages changed.
+        """
+        if self._writer is not None:
+            raise RuntimeError("replay_steps while a flush writes behind")
+        try:
+            data = self.steps_path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise JournalError(f"journal {self.steps_path}: {exc}") from exc
+        if not data:
+            return 0
+        rows = []
+        for line in data.splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut short by the crash: its write never returned
+                continue
+            if isinstance(row, list) and len(row) == len(_UPSERT_COLUMNS):
+                rows.append(tuple(row))
+        current = {e.key: e for e in self.unfinished()}
+        due: dict[str, tuple[object, ...]] = {}
+        for row in rows:  # in the order written: the furthest step of each message wins
+            entry = current.get(str(row[0]))
+            if entry is None or entry.run_id != row[2] or row[3] not in _STEP_ORDER:
+                continue
+            reached = due.get(entry.key, (None, None, None, entry.state))[3]
+            if _STEP_ORDER.index(str(row[3])) > _STEP_ORDER.index(str(reached)):
+                due[entry.key] = row
+        if due:
+            with self._transaction() as db:
+                db.executemany(_UPSERT, list(due.values()))
+        try:
+            self.sync()
+        except JournalError as exc:
+            # Kept for the next recovery (replaying it again changes nothing): recovery
+            # goes on, or what the crashed run held would stay on hold.
+            log.error("%s; %s is kept", exc, self.steps_path)
+            return len(due)
+        self._truncate_steps()
+        return len(due)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -273,6 +381,11 @@ class Journal:
             for key, qid in rows
         ]
         if self._writer is not None:
+            if state in (SENDING, ACCEPTED):
+                # Before a message goes out, and once the smarthost has it: on disk (the
+                # page cache) before this returns, whatever becomes of the process; the
+                # writer commits it soon after.
+                self._append_steps(values)
             self._writer.put(values)
             return
         if len(values) == 1:
@@ -399,6 +512,14 @@ _UPSERT = """INSERT INTO messages(key, queue_id, run_id, state, provider, sender
                 smarthost = COALESCE(excluded.smarthost, smarthost),
                 reply = COALESCE(excluded.reply, reply),
                 detail = excluded.detail, updated = excluded.updated"""
+
+# Open states in the order a message passes through them (see replay_steps).
+_STEP_ORDER = (HOLDING, HELD, SENDING, ACCEPTED)
+
+_UPSERT_COLUMNS = (
+    "key", "queue_id", "run_id", "state", "provider", "sender", "recipients",
+    "smarthost", "reply", "detail", "updated",
+)  # fmt: skip
 
 _SELECT = """SELECT key, queue_id, run_id, state, provider, sender, recipients, smarthost,
                     reply, detail, updated FROM messages"""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from rescue.config import PostfixConfig
-from rescue.errors import PostfixError, QueueFileError
+from rescue.errors import PostfixError, PostsuperFailed, QueueFileError
 from rescue.model import Envelope, QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine, parse_listing
 
@@ -76,9 +76,16 @@ class Postfix:
         return [str(self.config.command_dir / name), "-c", str(self.config.config_dir)]
 
     def _run(self, args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        # A session of its own: Ctrl-C at the terminal (sent to the whole foreground
+        # process group) must not stop a postsuper part way; the flush waits for it.
         try:
             return subprocess.run(
-                args, input=stdin, capture_output=True, timeout=COMMAND_TIMEOUT, check=False
+                args,
+                input=stdin,
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+                start_new_session=True,
             )
         except FileNotFoundError:
             raise PostfixError(f"{args[0]} not found (check [postfix] command_dir)") from None
@@ -142,14 +149,22 @@ class Postfix:
             raise PostfixError(f"postconf -h {name} failed: " + _text(result.stderr))
         return result.stdout.decode("utf-8", "replace").strip()
 
-    def read_envelope(self, queue_id: str) -> Envelope:
+    def read_envelope(self, queue_id: str, *, only_in: str | None = None) -> Envelope:
         """Envelope and content through postcat (two process starts; the slow path).
 
-        Raises FileNotFoundError when the message is gone, QueueFileError when it
-        cannot be read.
+        Raises FileNotFoundError when the message is gone, or with `only_in` (a queue
+        name such as "hold") when postcat found it in another queue; QueueFileError
+        when it cannot be read. The envelope is read last, so that the queue it names
+        is where the message was once its content had been read.
         """
-        envelope = self._postcat(queue_id, "-e")
         content = self._postcat(queue_id, "-bh")
+        envelope = self._postcat(queue_id, "-e")
+        if only_in is not None:
+            found = postcat_queue(envelope)
+            if found is None:
+                raise QueueFileError(queue_id, "postcat -e did not say which queue it read")
+            if found != only_in:
+                raise FileNotFoundError(f"{queue_id} is in the {found} queue, not in {only_in}")
         return envelope_from_postcat(queue_id, envelope, content)
 
     def _postcat(self, queue_id: str, flags: str) -> bytes:
@@ -165,9 +180,7 @@ class Postfix:
 
     # --- changing the queue (batched: one process for any number of ids) ----------------
 
-    def _postsuper(
-        self, flag: str, queue_ids: Iterable[str], queue: str, *, all_or_nothing: bool = False
-    ) -> set[str]:
+    def _postsuper(self, flag: str, queue_ids: Iterable[str], queue: str) -> set[str]:
         ids = [q for q in queue_ids if valid_queue_id(q)]
         if not ids:
             return set()
@@ -179,28 +192,28 @@ class Postfix:
             if (m := _POSTSUPER_LINE.match(line))
         }
         if result.returncode != 0:
-            if not done or all_or_nothing:
-                # Its complaint, without the lines for each message it did act on.
-                said = b"\n".join(
-                    line for line in result.stderr.splitlines() if not _POSTSUPER_LINE.match(line)
-                )
-                raise PostfixError(
-                    f"postsuper {flag} - {queue} failed (after acting on {len(done)} of "
-                    f"{len(ids)} messages): {_text(said)}"
-                )
-            # It acted on some before failing: those must be accounted for (a held
-            # message has to be released again), so report them and log the rest.
-            log.error("postsuper %s - %s failed part way: %s", flag, queue, _text(result.stderr))
+            # It may have acted on more than it reported (a line lost as it stopped): the
+            # caller treats every id not in `done` as possibly acted on. Its complaint is
+            # given without the lines for each message it did act on.
+            said = b"\n".join(
+                line for line in result.stderr.splitlines() if not _POSTSUPER_LINE.match(line)
+            )
+            raise PostsuperFailed(
+                f"postsuper {flag} - {queue} failed (exit status {result.returncode}, after "
+                f"acting on {len(done)} of {len(ids)} messages): {_text(said)}",
+                frozenset(done),
+            )
         return done
 
     def hold(self, queue_ids: Iterable[str]) -> set[str]:
         """Hold messages that are in the deferred queue now; returns those really held.
 
         Limiting to `deferred` leaves alone a message the queue manager is delivering.
-        A postsuper that fails, also part way, raises PostfixError: nothing of that hold
-        is sent, and the caller releases every message it asked to hold.
+        A postsuper that fails, also part way, raises PostsuperFailed: nothing of that
+        hold is sent, and the caller releases every message it asked to hold (any id not
+        in the error's `done` may be held all the same).
         """
-        return self._postsuper("-h", queue_ids, "deferred", all_or_nothing=True)
+        return self._postsuper("-h", queue_ids, "deferred")
 
     def release(self, queue_ids: Iterable[str]) -> set[str]:
         """Move held messages back to the deferred queue, where Postfix retries them."""
@@ -230,6 +243,21 @@ def notify_keywords(flags: int) -> str | None:
     if flags & _NOTIFY_NEVER:
         return "NEVER"
     return ",".join(word for bit, word in _NOTIFY_WORDS if flags & bit) or None
+
+
+_ENVELOPE_HEADING = re.compile(rb"^\*\*\* ENVELOPE RECORDS (\S+) \*\*\*$", re.MULTILINE)
+
+
+def postcat_queue(envelope: bytes) -> str | None:
+    """The queue `postcat -e -q ID` read the message from ("hold", "deferred", ...).
+
+    postcat names the file it read in its first line: "*** ENVELOPE RECORDS hold/ID ***"
+    (deferred/A/ID with hashed queue folders).
+    """
+    found = _ENVELOPE_HEADING.search(envelope)
+    if found is None:
+        return None
+    return found.group(1).decode("ascii", "replace").split("/", 1)[0]
 
 
 def envelope_from_postcat(queue_id: str, envelope: bytes, content: bytes) -> Envelope:

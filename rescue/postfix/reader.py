@@ -54,6 +54,11 @@ class HeldMessageReader:
         return self._queue_dir
 
     def __call__(self, queue_id: str) -> Envelope:
+        """The held message's envelope; FileNotFoundError when it is not on hold (any more).
+
+        Only the hold queue is read: a message someone released (`postsuper -H`) while
+        it waited to be sent is Postfix's again, and sending it too would deliver it twice.
+        """
         if self._queue_dir is not None and valid_queue_id(queue_id):
             for path in hold_paths(str(self._queue_dir), queue_id):
                 try:
@@ -63,6 +68,6 @@ class HeldMessageReader:
                 except PermissionError:
                     log.info("%s: queue file not readable; using postcat", queue_id)
                     break
-        # Not found where we looked (or not readable): postcat searches every queue
-        # and says FileNotFoundError when the message really is gone.
-        return self._postfix.read_envelope(queue_id)
+        # Not found where we looked (a deeper hash, or not readable): postcat finds it,
+        # and says in which queue; in any other than hold it counts as gone.
+        return self._postfix.read_envelope(queue_id, only_in="hold")

@@ -51,10 +51,6 @@ log = logging.getLogger(__name__)
 # How often a long-running service forgets settled messages older than [journal] keep.
 PRUNE_EVERY = 3600.0
 
-# After SIGTERM, how long the abandoned cycle may take to give its messages back; below
-# the unit's TimeoutStopSec (30s), so systemd never has to kill us.
-STOP_DEADLINE = 20.0
-
 
 class _Parts:
     """What a configuration builds once and every cycle shares, until a reload."""
@@ -301,10 +297,15 @@ class Service:
         finally:
             stopped.cancel()
         if not task.done():
+            # The flush gives back what it holds: at once what it never started, within
+            # half of stop_timeout what awaits an answer to its final dot.
             task.cancel()
-            await asyncio.wait({task}, timeout=STOP_DEADLINE)
+            deadline = self._cfg.service.stop_timeout
+            await asyncio.wait({task}, timeout=deadline)
             if not task.done():
-                log.error("the abandoned cycle did not end within %.0fs", STOP_DEADLINE)
+                # Never close the journal under a running flush: it still settles.
+                log.error("the abandoned cycle did not end within %gs; still waiting", deadline)
+                await asyncio.wait({task})
             return cycle
         if task.cancelled() or (exc := task.exception()) is None:
             return cycle
@@ -402,6 +403,7 @@ class Service:
             report=report,
             primary=smarthosts[0].name,
             read_in_thread=not parts.reader.direct,
+            stop_grace=self._cfg.service.stop_timeout / 2,
         )
         cycle.summary = flush.summary
         try:

@@ -18,7 +18,7 @@ from tenacity import (
 from rescue.config import RetryConfig, SmarthostConfig
 from rescue.errors import DeliveryError
 from rescue.model import Envelope
-from rescue.smarthost.session import Accepted, Session, SessionError
+from rescue.smarthost.session import Accepted, AcceptedWhileCancelled, Session, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Dispatcher:
         ]
         self._retry = retry
         self._clock = clock
+        self._busy: set[Session] = set()  # sessions inside a transaction
 
     @property
     def concurrency(self) -> int:
@@ -70,9 +71,17 @@ class Dispatcher:
         return {h.cfg.name: dict(h.errors) for h in self._hosts if h.errors}
 
     async def deliver(
-        self, envelope: Envelope, sender: str, on_attempt: Callable[[str], None]
+        self,
+        envelope: Envelope,
+        sender: str,
+        on_attempt: Callable[[str], None],
+        on_accepted: Callable[[Accepted], None] | None = None,
     ) -> Accepted:
         """Deliver or raise the last DeliveryError; `on_attempt(name)` runs before each try.
+
+        `on_accepted` runs the moment a smarthost's 250 to the final dot is read, before
+        anything else (the session is kept or ended politely only after it); also when
+        the task is cancelled meanwhile (AcceptedWhileCancelled).
 
         Transient failures are retried with exponential backoff and jitter, each
         round trying every smarthost that is not resting, in config order.
@@ -80,7 +89,7 @@ class Dispatcher:
         # The first try runs outside tenacity's loop: nearly every message needs only
         # one, and the loop's machinery costs as much CPU as the SMTP transaction.
         try:
-            return await self._one_round(envelope, sender, on_attempt)
+            return await self._one_round(envelope, sender, on_attempt, on_accepted)
         except DeliveryError as exc:
             if not _retryable(exc) or self._retry.attempts < 2:
                 raise
@@ -101,11 +110,15 @@ class Dispatcher:
                     # Replays the try made above, so tenacity counts it and waits after it.
                     failure, first_failure = first_failure, None
                     raise failure
-                return await self._one_round(envelope, sender, on_attempt)
+                return await self._one_round(envelope, sender, on_attempt, on_accepted)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _one_round(
-        self, envelope: Envelope, sender: str, on_attempt: Callable[[str], None]
+        self,
+        envelope: Envelope,
+        sender: str,
+        on_attempt: Callable[[str], None],
+        on_accepted: Callable[[Accepted], None] | None,
     ) -> Accepted:
         errors: list[DeliveryError] = []
         now = self._clock()
@@ -121,7 +134,7 @@ class Dispatcher:
         for host in ready:
             on_attempt(host.cfg.name)
             try:
-                return await self._try(host, envelope, sender)
+                return await self._try(host, envelope, sender, on_accepted)
             except DeliveryError as exc:
                 host.errors[exc.stage or "other"] = host.errors.get(exc.stage or "other", 0) + 1
                 log.warning("%s: %s", envelope.queue_id, exc)
@@ -132,11 +145,24 @@ class Dispatcher:
         transient = [e for e in errors if e.transient]
         raise (transient or errors)[-1]
 
-    async def _try(self, host: _Smarthost, envelope: Envelope, sender: str) -> Accepted:
+    async def _try(
+        self,
+        host: _Smarthost,
+        envelope: Envelope,
+        sender: str,
+        on_accepted: Callable[[Accepted], None] | None,
+    ) -> Accepted:
         async with host.slots:
             session = await self._session(host)
+            self._busy.add(session)
+            name = host.cfg.name
+
+            def at_once(reply: str) -> None:
+                if on_accepted is not None:
+                    on_accepted(Accepted(name, reply))
+
             try:
-                reply = await session.send(envelope, sender)
+                reply = await session.send(envelope, sender, at_once)
             except SessionError:
                 session.close()
                 self._failed(host)
@@ -144,12 +170,31 @@ class Dispatcher:
             except DeliveryError:
                 await self._return(host, session)
                 raise
+            except AcceptedWhileCancelled as exc:
+                session.close()
+                if on_accepted is not None:
+                    on_accepted(exc.accepted)
+                raise
             except BaseException:
                 session.close()
                 raise
+            finally:
+                self._busy.discard(session)
+            accepted = Accepted(host.cfg.name, reply)
+            if on_accepted is not None:
+                on_accepted(accepted)  # before any other await: see deliver()
             host.failures = 0
             await self._return(host, session)
-            return Accepted(host.cfg.name, reply)
+            return accepted
+
+    def abort(self) -> None:
+        """Drop every transaction in progress at once (a stop that cannot wait longer).
+
+        A message whose final dot is out becomes `uncertain` (the smarthost may have
+        it); one whose dot has not left is never completed: the connection is reset.
+        """
+        for session in list(self._busy):
+            session.abort()
 
     async def _session(self, host: _Smarthost) -> Session:
         while host.idle:
@@ -185,6 +230,8 @@ class Dispatcher:
             )
 
     async def close(self) -> None:
+        """End the idle sessions with QUIT, all at once (each waits at most QUIT_TIMEOUT)."""
+        idle = [session for host in self._hosts for session in host.idle]
         for host in self._hosts:
-            while host.idle:
-                await host.idle.pop().quit()
+            host.idle.clear()
+        await asyncio.gather(*(session.quit() for session in idle))

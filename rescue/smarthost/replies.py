@@ -9,11 +9,17 @@ command and drops anything that arrives before it asks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets; be lenient.
 MAX_LINE = 8192
+# SO_LINGER on, 0 seconds: close() resets the connection and drops unsent data.
+_RESET = struct.pack("ii", 1, 0)
 
 
 class ReplyError(Exception):
@@ -58,7 +64,11 @@ def parse_replies(buffer: bytearray, lines: list[bytes]) -> list[Reply]:
 
 
 class ReplyReader(asyncio.Protocol):
-    """The protocol of a taken-over SMTP connection: writes as given, replies in order."""
+    """The protocol of a taken-over SMTP connection: writes as given, replies in order.
+
+    It follows the transport's flow control (pause_writing/resume_writing), so that
+    drain() can wait until a large message has really been handed to the kernel.
+    """
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -67,6 +77,10 @@ class ReplyReader(asyncio.Protocol):
         self._replies: deque[Reply] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._broken: ReplyError | None = None
+        self._paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._dropped: int | None = None  # bytes thrown away by abort()
+        self._on_final: Callable[[Reply], None] | None = None
 
     @property
     def open(self) -> bool:
@@ -79,7 +93,16 @@ class ReplyReader(asyncio.Protocol):
         except ReplyError as exc:
             self._broken = exc
             self.transport.close()
+        if self._on_final is not None and self._replies:
+            on_final, self._on_final = self._on_final, None
+            on_final(self._replies[0])
         self._wake()
+
+    def on_next_reply(self, callback: Callable[[Reply], None] | None) -> None:
+        """Call `callback` with the next reply the moment it arrives (in data_received),
+        before the task waiting in read() runs again: one turn of the event loop sooner.
+        For the answer to a final dot, whose 250 must be journaled before anything else."""
+        self._on_final = callback
 
     def eof_received(self) -> bool:
         self._broken = self._broken or ConnectionClosed("the smarthost closed the connection")
@@ -95,6 +118,46 @@ class ReplyReader(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writer()
+
+    @property
+    def unsent(self) -> int:
+        """Bytes given to write() that this process still holds (not yet in the kernel).
+
+        While it is above 0 the last byte written (a message's final dot) has not
+        left: aborting the connection then means the server never sees it.
+        """
+        if self._dropped is not None:
+            return self._dropped
+        return self.transport.get_write_buffer_size()
+
+    async def drain(self, timeout: float) -> None:
+        """Return once the transport takes more writes; ReplyTimeout after `timeout`
+        seconds without progress (each time it resumes, the wait starts again)."""
+        while self._paused:
+            if self._broken is not None:
+                raise self._broken
+            self._writable = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._writable
+            except TimeoutError:
+                raise ReplyTimeout(f"the smarthost took no data for {timeout:g}s") from None
+            finally:
+                self._writable = None
+        if self._broken is not None:
+            raise self._broken
 
     def write(self, data: bytes) -> None:
         if self._broken is not None:
@@ -117,4 +180,20 @@ class ReplyReader(asyncio.Protocol):
         return self._replies.popleft()
 
     def close(self) -> None:
+        """Close politely: what is buffered is still sent, then FIN."""
         self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once: what is buffered is thrown away, here and in the
+        kernel's send queue (a reset, SO_LINGER 0), so a message's unsent tail and dot
+        never reach the server."""
+        if self._dropped is None:
+            self._dropped = self.transport.get_write_buffer_size()
+        if self._broken is None:
+            self._broken = ConnectionClosed("connection aborted")
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.transport.abort()
+        self._wake()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -322,8 +323,13 @@ class Session:
                 ) from None
         return not all(a.isascii() for a in addresses)
 
-    async def send(self, envelope: Envelope, sender: str) -> str:
+    async def send(
+        self, envelope: Envelope, sender: str, on_accepted: Callable[[str], None] | None = None
+    ) -> str:
         """Send one message to all its pending recipients, or to none; the reply.
+
+        `on_accepted(reply)` runs the moment a 250 to the final dot arrives, before this
+        task resumes (see ReplyReader.on_next_reply).
 
         With PIPELINING, MAIL, every RCPT and DATA go out in one write. If the
         smarthost refuses a recipient but still says 354 to DATA, the connection
@@ -356,18 +362,16 @@ class Session:
                     await self._reset()
                 raise self._error(stage, Exception(reply.text), code=reply.code)
             stage = END_OF_DATA
-            reader.write(data)
-            # Once the final dot is out the smarthost may take the message: a cancellation
-            # now waits for its answer (within the timeout) so that it is not lost.
-            final, cancelled = await outcome_of(reader.read(self.cfg.timeout))
+            final, cancelled = await self._upload(reader, data, on_accepted)
         except ReplyError as exc:
-            reader.close()
-            uncertain = stage == END_OF_DATA
+            # Never let a message we give up on finish its upload: abort, not close.
+            dot_out = stage == END_OF_DATA and reader.unsent == 0
+            reader.abort()
             detail = str(exc)
-            if uncertain:
+            if dot_out:
                 detail += " -- message may be sent more than once"
             raise self._error(
-                stage, Exception(detail), session=True, transient=True, uncertain=uncertain
+                stage, Exception(detail), session=True, transient=True, uncertain=dot_out
             ) from exc
         if cancelled:
             if final.code == 250:
@@ -379,6 +383,46 @@ class Session:
             raise self._error(END_OF_DATA, Exception(final.text), code=final.code)
         self.sent += 1
         return str(final)
+
+    async def _upload(
+        self, reader: ReplyReader, data: bytes, on_accepted: Callable[[str], None] | None
+    ) -> tuple[Reply, bool]:
+        """Write the message and its final dot; (the final reply, whether cancelled).
+
+        The reply timer starts once the data is in the kernel (drain), so a large
+        message's upload does not count against `timeout`; the drain itself gives up
+        after `timeout` without progress. Cancelled while the dot is still ours, the
+        connection is aborted and the smarthost never sees the dot; once it is out,
+        a cancellation waits for the answer (within the timeout) so it is not lost.
+        """
+        if on_accepted is not None:
+
+            def on_final(reply: Reply) -> None:
+                if reply.code == 250:
+                    on_accepted(str(reply))
+
+            reader.on_next_reply(on_final)
+        try:
+            reader.write(data)
+            cancelled = False
+            try:
+                await reader.drain(self.cfg.timeout)
+            except asyncio.CancelledError:
+                if reader.unsent > 0:  # the dot is still ours: the smarthost never gets it
+                    reader.abort()
+                    raise
+                cancelled = True
+            final, late = await outcome_of(reader.read(self.cfg.timeout))
+        finally:
+            reader.on_next_reply(None)
+        return final, cancelled or late
+
+    def abort(self) -> None:
+        """Drop the connection at once (see Dispatcher.abort)."""
+        if self._replies is not None:
+            self._replies.abort()
+        else:
+            self._smtp.close()
 
     async def _replies_to(self, commands: list[tuple[str, bytes]]) -> list[tuple[str, Reply]]:
         """The replies to pipelined commands; a hang-up after a refusal still reports it."""

@@ -23,18 +23,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.rescue_cli import Rescue
+from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.integration.world import OTHER_DOMAIN, World, body
 from tests.lab import wait_for
-from tests.lab.smtpd import Fault
+from tests.lab.smtpd import Fault, RecordingSmarthost
 from tests.lab.submission import Submission
 from tests.lab.system import free_port
 
 INTERVAL = 1.0
 # "Within two intervals" of the deferral, plus the test's own polling on a busy machine.
 TWO_INTERVALS = 2 * INTERVAL + 1.0
+UNIT = Path(__file__).parents[2] / "systemd" / "queue-rescue.service"
 # The unit's TimeoutStopSec: after SIGTERM systemd would kill the service after this long.
-TIMEOUT_STOP = 30.0
+TIMEOUT_STOP = float(re.findall(r"^TimeoutStopSec=(\d+)s$", UNIT.read_text(), re.M)[0])
 # The unit's WatchdogSec in microseconds, shortened so that the test sees pings soon.
 WATCHDOG_USEC = 1_000_000
 SENDER = "alice@example.com"
@@ -47,28 +48,40 @@ AUTO_OTHER = (
 
 
 class NotifySocket:
-    """The datagram socket systemd listens on ($NOTIFY_SOCKET); keeps all it was told."""
+    """The datagram socket systemd listens on ($NOTIFY_SOCKET); keeps all it was told.
+
+    Read all the time by a thread, as systemd does: a socket nobody reads fills up
+    (net.unix.max_dgram_qlen, 10 by default) and the service's next sendto() blocks.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
         self.received: list[str] = []
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="notify-socket", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                self.received.append(self.sock.recv(4096).decode())
 
     def wait_for(self, line: str, *, after: int = 0, timeout: float = 30) -> str:
         """The first datagram from number `after` on with a line that starts with `line`."""
-        deadline = time.monotonic() + timeout
-        while True:
+        found: list[str] = []
+
+        def seen() -> bool:
             for message in self.received[after:]:
                 if any(field.startswith(line) for field in message.splitlines()):
-                    return message
-            after = len(self.received)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {line} in {timeout:g}s; got {self.received}")
-            self.sock.settimeout(left)
-            with contextlib.suppress(TimeoutError):
-                self.received.append(self.sock.recv(4096).decode())
+                    found.append(message)
+                    return True
+            return False
+
+        wait_for(seen, timeout, f"{line} from the service", lambda: str(self.received))
+        return found[0]
 
     def next_cycle(self) -> None:
         """Wait until a cycle that started after now has ended (its STATUS says so)."""
@@ -76,6 +89,8 @@ class NotifySocket:
         self.wait_for("STATUS=last cycle", after=len(self.received))
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(timeout=5)
         self.sock.close()
 
 
@@ -358,3 +373,40 @@ def test_a_flush_by_hand_waits_for_the_cycle_and_each_message_goes_once(
         [(f"u{n}@kunde{n}.test",) for n in (1, 2, 3)] + [(f"boss@{OTHER_DOMAIN}",)]
     )
     assert w.lab.queue() == []
+
+
+@pytest.mark.postfix
+def test_stop_while_the_smarthost_hangs_after_data(w: World, tmp_path: Path) -> None:
+    # Two sessions each wait for the answer to a final dot that never comes (a smarthost
+    # timeout of 120s), dozens of messages are held and not yet sent. `systemctl stop`
+    # must give back the untouched ones at once, drop the two waits within the stop
+    # timeout (those messages go back marked as maybe sent), delete what the smarthost
+    # accepted and never release it, and be done before systemd would kill the service.
+    hung = {"u7@kunde7.test", "u8@kunde8.test"}
+    with RecordingSmarthost(reply_delay=0.05) as slow:
+        for address in sorted(hung):
+            slow.script(Fault("EOD", action="hang", recipient=address))
+        rescue = service_rescue(w, "stop-hang", extra='stop_timeout = "6s"\n')
+        rescue.smarthosts = [
+            smarthost_entry("relay1", slow.port, max_connections=2, timeout="120s")
+        ]
+        ids = dict(
+            zip(range(1, 31), w.lab.submit_many(kunde(n) for n in range(1, 31)), strict=True)
+        )
+        w.lab.wait_deferred(30)
+        with running(rescue, tmp_path, "--log-format", "json") as svc:
+            recorded = lambda: {r.rcpt_tos[0] for r in slow.received}  # noqa: E731
+            slow.wait_for(lambda: hung <= recorded(), 60, "both sessions waiting after the dot")
+            assert svc.terminate() == 0  # within the unit's TimeoutStopSec
+            logged = [json.loads(line)["message"] for line in svc.log().splitlines()]
+
+    assert w.lab.queue_ids("hold") == []
+    accepted = recorded() - hung
+    by_rcpt = {f"u{n}@kunde{n}.test": qid for n, qid in ids.items()}
+    deferred = set(w.lab.queue_ids("deferred"))
+    assert deferred.isdisjoint(by_rcpt[r] for r in accepted)  # never given back
+    assert deferred == {qid for r, qid in by_rcpt.items() if r not in accepted}
+    uncertain = [i for i, m in enumerate(logged) if "may be sent more than once" in m]
+    untouched = [i for i, m in enumerate(logged) if "stopped before it was sent" in m]
+    assert {logged[i].split(":")[0] for i in uncertain} == {by_rcpt[r] for r in hung}
+    assert untouched and max(untouched) < min(uncertain)  # given back first, at once

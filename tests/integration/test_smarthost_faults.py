@@ -7,6 +7,7 @@ and whether the smarthost may have the message anyway.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -382,3 +383,35 @@ def test_every_smarthost_resting_fails_fast(smarthost: RecordingSmarthost) -> No
     # No backoff waits while every smarthost rests. The first wait alone would be
     # RESTING_BACKOFF seconds; the bound leaves a slow machine half of that.
     assert elapsed < RESTING_BACKOFF / 2
+
+
+def test_a_message_given_up_on_never_finishes_its_upload() -> None:
+    # A smarthost that stops reading a large message part way (its buffers full, a slow
+    # disk) until the client has given up on the answer. Closing the connection politely
+    # would still send the rest and the final dot once it reads on, and it would deliver
+    # a message the client released to Postfix: a copy each. The client must drop it.
+    gate = threading.Event()
+    content = b"Subject: big\n\n" + b"x" * 76 + b"\n"
+    big = envelope(content=content * 40_000)  # 3.1 MB
+    with RecordingSmarthost(receive_buffer=64 * 1024) as server:
+        server.script(Fault("BODY", action="hang", gate=gate))
+
+        async def go() -> Accepted | DeliveryError:
+            dispatcher = Dispatcher([host("relay1", server.port, timeout=1.0)], FAST_RETRY)
+            try:
+                return await dispatcher.deliver(big, big.sender, lambda name: None)
+            except DeliveryError as exc:
+                return exc
+            finally:
+                # The smarthost reads on while this client still runs: a connection that
+                # was only closed goes on sending what was buffered.
+                gate.set()
+                await asyncio.to_thread(
+                    server.wait_for, lambda: server.connections_closed == server.connections
+                )
+                await dispatcher.close()
+
+        result = asyncio.run(go())
+
+    assert isinstance(result, DeliveryError), result
+    assert server.received == []

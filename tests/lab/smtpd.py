@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+import socket
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Self, get_args
+from typing import Any, AnyStr, Literal, Self, get_args
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -43,14 +45,17 @@ class Fault:
     """What a server does wrong, and how often.
 
     stage: where it strikes: GREETING, EHLO, MAIL, RCPT, DATA (the DATA command), BODY
-        (while the message text arrives: only "disconnect") or EOD (after the final dot).
+        (while the message text arrives: "disconnect", or "hang": a slow reader) or EOD
+        (after the final dot).
     action: "reply" answers `reply` instead of going on; "disconnect" drops the connection
-        without a word; "hang" stays silent for `seconds` (None: until the client leaves),
-        then answers `reply`, or carries on normally when there is none. A hang at EOD with
-        no reply records the message first: the server has it, only the answer is late.
+        without a word; "hang" stays silent for `seconds` (None: until the client leaves)
+        or until `gate` is set, then answers `reply`, or carries on normally when there is
+        none. A hang at EOD with no reply records the message first: the server has it,
+        only the answer is late. A hang at BODY stops reading the text after each part
+        that arrives, for `seconds` or until `gate` is set: the client's writes back up.
     times: how many matching events it strikes (None: until cleared). Each connection meets
         GREETING and EHLO once, each transaction MAIL, DATA, BODY and EOD once.
-    recipient: at RCPT, strike only this address.
+    recipient: at RCPT, strike only this address; at EOD, only a transaction to it.
     A reply may span lines ("421-first\\r\\n421 second"). After a 421 reply the server closes
     the connection, as RFC 5321 section 3.8 says.
     """
@@ -61,6 +66,7 @@ class Fault:
     seconds: float | None = None
     times: int | None = 1
     recipient: str | None = None
+    gate: threading.Event | None = None  # "hang": until the test sets it
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -71,14 +77,16 @@ class Fault:
             raise ValueError('action "reply" needs a reply')
         if self.action == "disconnect" and self.reply is not None:
             raise ValueError('action "disconnect" sends no reply')
-        if self.stage == "BODY" and self.action != "disconnect":
-            raise ValueError('stage "BODY" only knows action "disconnect"')
-        if self.recipient is not None and self.stage != "RCPT":
-            raise ValueError('only stage "RCPT" can name a recipient')
+        if self.stage == "BODY" and self.action not in ("disconnect", "hang"):
+            raise ValueError('stage "BODY" only knows actions "disconnect" and "hang"')
+        if self.stage == "BODY" and self.reply is not None:
+            raise ValueError('stage "BODY" sends no reply')
+        if self.recipient is not None and self.stage not in ("RCPT", "EOD"):
+            raise ValueError('only stages "RCPT" and "EOD" can name a recipient')
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1, or None for always")
-        if self.seconds is not None and self.action != "hang":
-            raise ValueError('only action "hang" takes seconds')
+        if (self.seconds is not None or self.gate is not None) and self.action != "hang":
+            raise ValueError('only action "hang" takes seconds or a gate')
         if self.reply is not None:
             lines = self.reply.replace("\r\n", "\n").split("\n")
             if not all(_REPLY_LINE.fullmatch(line) for line in lines):
@@ -105,6 +113,7 @@ class Received:
     helo: str = ""
     tls: bool = False
     auth_user: str | None = None
+    at: float = 0.0  # when the server stored it (time.time())
 
 
 @dataclass
@@ -160,6 +169,7 @@ class _Options:
     advertise_8bitmime: bool
     advertise_smtputf8: bool
     advertise_dsn: bool
+    reply_delay: float  # seconds each reply waits (a slow server); at EOD, before it records
 
 
 class _Recorder:
@@ -182,6 +192,7 @@ class _Recorder:
         self.connections = 0
         self.transactions = 0
         self.auth_attempts = 0  # AUTH commands that carried credentials
+        self.closed = 0  # connections that have ended
 
     def connection_opened(self) -> int:
         with self._changed:
@@ -191,6 +202,10 @@ class _Recorder:
     def saw(self, verb: str) -> None:
         with self._changed:
             self.commands.append(verb)
+
+    def connection_closed(self) -> None:
+        with self._changed:
+            self.closed += 1
 
     def transaction_started(self) -> None:
         with self._changed:
@@ -204,6 +219,7 @@ class _Recorder:
             self.connections = 0
             self.transactions = 0
             self.auth_attempts = 0
+            self.closed = 0
 
     def wait_for_count(self, n: int, timeout: float) -> list[Received]:
         with self._changed:
@@ -227,9 +243,13 @@ class _Recorder:
         return AuthResult(success=ok, handled=False, auth_data=data)
 
     async def handle_DATA(self, server: _LabSMTP, session: Session, envelope: Envelope) -> str:
-        fault = self.faults.take("EOD")
+        fault = self.faults.take("EOD", envelope.rcpt_tos[0] if envelope.rcpt_tos else None)
         if fault is None or (fault.action == "hang" and fault.reply is None):
+            # A slow server thinks before it stores the message, then answers at once:
+            # the time it has the message and the client does not know is only the wire's.
+            await server.think()
             number = self._record(server, session, envelope)
+            server.answer_now = True
             await server.act_out(fault)  # at most a pause before the late answer
             return f"250 2.0.0 Ok: queued as {number}"
         reply = await server.act_out(fault)
@@ -249,6 +269,7 @@ class _Recorder:
             helo=session.host_name or "",
             tls=server.tls_active,
             auth_user=login.decode(errors="replace") if isinstance(login, bytes) else None,
+            at=time.time(),
         )
         with self._changed:
             self.received.append(received)
@@ -262,9 +283,13 @@ class _LabEnvelope(Envelope):
         self.rcpt_params: list[tuple[str, ...]] = []
 
 
-async def _pause(seconds: float | None) -> None:
-    """Sleep; None sleeps until cancelled (the client leaves or the server stops)."""
-    if seconds is None:
+async def _pause(seconds: float | None, gate: threading.Event | None = None) -> None:
+    """Sleep, or wait for `gate`; None without a gate sleeps until cancelled (the client
+    leaves or the server stops)."""
+    if gate is not None:
+        while not gate.is_set():  # short looks: a cancelled wait leaves no thread behind
+            await asyncio.sleep(0.01)
+    elif seconds is None:
         await asyncio.get_running_loop().create_future()
     else:
         await asyncio.sleep(seconds)
@@ -284,6 +309,46 @@ class _LabSMTP(SMTP):
         self.recorder = recorder
         self.options = recorder.options
         self.connection_number = 0
+        self.answer_now = False  # the next reply goes without reply_delay
+        self._slow_body: Fault | None = None  # a BODY "hang": reading the text slowly
+        self._reading_later: asyncio.Task[None] | None = None
+
+    async def think(self) -> None:
+        """The server's time to work out a reply (reply_delay)."""
+        if self.options.reply_delay:
+            await asyncio.sleep(self.options.reply_delay)
+
+    async def push(self, status: AnyStr) -> None:
+        if self.answer_now:
+            self.answer_now = False
+        else:
+            await self.think()
+        await super().push(status)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        transport = self.transport
+        fault = self._slow_body
+        if fault is None or not isinstance(transport, asyncio.Transport):
+            return
+        if transport.is_closing() or self._reading_later is not None:
+            return
+        transport.pause_reading()
+        self._reading_later = self.loop.create_task(self._read_later(transport, fault))
+
+    async def _read_later(self, transport: asyncio.Transport, fault: Fault) -> None:
+        try:
+            await _pause(fault.seconds, fault.gate)
+        finally:
+            self._reading_later = None
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.recorder.connection_closed()
+        if self._reading_later is not None:
+            self._reading_later.cancel()
+        super().connection_lost(error)
 
     def __dir__(self) -> list[str]:
         # aiosmtpd looks through dir() of every new connection for its smtp_* and auth_*
@@ -307,7 +372,7 @@ class _LabSMTP(SMTP):
                 self.transport.abort()
             await _pause(None)  # connection_lost() cancels this task
         if fault.action == "hang":
-            await _pause(fault.seconds)
+            await _pause(fault.seconds, fault.gate)
         if fault.reply is not None and fault.closes:
             # Runs after the caller has written the reply, which close() still sends.
             self.loop.call_soon(self._close)
@@ -435,11 +500,16 @@ class _LabSMTP(SMTP):
                 self.envelope = self._create_envelope()
                 await self.push(reply)
                 return
-            if self.recorder.faults.take("BODY") is not None:
+            body = self.recorder.faults.take("BODY")
+            if body is not None and body.action == "disconnect":
                 await self.push("354 End data with <CR><LF>.<CR><LF>")
                 await self._reader.read(1)  # the message has begun to arrive
-                await self.act_out(Fault("BODY", action="disconnect"))
-        await super().smtp_DATA(arg)
+                await self.act_out(body)
+            self._slow_body = body  # a slow reader until the final dot
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._slow_body = None
 
     def _mail_params(self) -> frozenset[str]:
         options = self.options
@@ -494,9 +564,11 @@ class _ServerThread:
         self,
         protocol: Callable[[asyncio.AbstractEventLoop], asyncio.Protocol],
         ssl_context: ssl.SSLContext | None,
+        receive_buffer: int | None = None,
     ) -> None:
         self._protocol = protocol
         self._ssl_context = ssl_context
+        self._receive_buffer = receive_buffer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -520,7 +592,11 @@ class _ServerThread:
             self._live.add(protocol)
             return protocol
 
-        return await loop.create_server(connection, "127.0.0.1", 0, ssl=self._ssl_context)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self._receive_buffer is not None:  # before listen(): accepted sockets inherit it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+        sock.bind(("127.0.0.1", 0))
+        return await loop.create_server(connection, sock=sock, ssl=self._ssl_context)
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -552,7 +628,10 @@ class RecordingSmarthost(Running):
     TLS: `starttls` offers STARTTLS, `implicit_tls` speaks TLS from the first byte, both
     with the certificate of `certs` (default: tests.lab.certs.default_certs()).
     `require_auth=(user, password)` demands AUTH PLAIN/LOGIN before MAIL; with
-    `auth_require_tls` AUTH is offered and accepted only under TLS.
+    `auth_require_tls` AUTH is offered and accepted only under TLS. `reply_delay` makes
+    it slow (seconds before each reply); `receive_buffer` fixes its sockets' SO_RCVBUF
+    (bytes), so that a server that stops reading backs the client up soon, as over a
+    network, instead of taking megabytes into loopback's buffers.
     """
 
     def __init__(
@@ -568,6 +647,8 @@ class RecordingSmarthost(Running):
         advertise_dsn: bool = True,
         certs: LabCerts | None = None,
         hostname: str = "smarthost.test",
+        reply_delay: float = 0.0,
+        receive_buffer: int | None = None,
     ) -> None:
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
@@ -583,12 +664,14 @@ class RecordingSmarthost(Running):
             advertise_8bitmime=advertise_8bitmime,
             advertise_smtputf8=advertise_smtputf8,
             advertise_dsn=advertise_dsn,
+            reply_delay=reply_delay,
         )
         self._recorder = _Recorder(options)
         tls = (certs or default_certs()).server_context() if starttls or implicit_tls else None
         self._thread = _ServerThread(
             lambda loop: self._new_protocol(loop, tls if starttls else None),
             tls if implicit_tls else None,
+            receive_buffer,
         )
 
     def _new_protocol(
@@ -665,6 +748,11 @@ class RecordingSmarthost(Running):
     def auth_attempts(self) -> int:
         """AUTH commands that came with credentials, right or wrong."""
         return self._recorder.auth_attempts
+
+    @property
+    def connections_closed(self) -> int:
+        """Connections that have ended (the server saw the client leave, or hung up)."""
+        return self._recorder.closed
 
     @property
     def transactions_attempted(self) -> int:

@@ -8,7 +8,12 @@ the real one (SQLite in a temporary folder).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import signal
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,8 @@ import pytest
 import rescue.journal.writer
 from rescue.errors import DeliveryError, JournalError, PostfixError
 from rescue.flush.core import Flush, Outcome, Summary
-from rescue.journal.store import ACCEPTED, DELETED, Journal
+from rescue.journal.recovery import recover
+from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
 from rescue.model import Envelope, QueuedMessage, Recipient, Selected
 from rescue.smarthost.session import Accepted
 
@@ -55,14 +61,24 @@ class FakeSmarthost:
         self.refuse = set(refuse)
 
     async def deliver(
-        self, envelope: Envelope, sender: str, on_attempt: Callable[[str], None]
+        self,
+        envelope: Envelope,
+        sender: str,
+        on_attempt: Callable[[str], None],
+        on_accepted: Callable[[Accepted], None] | None = None,
     ) -> Accepted:
         on_attempt("relay1")
         await asyncio.sleep(0.001)
         if envelope.queue_id in self.refuse:
             raise DeliveryError("550 no", smarthost="relay1", code=550, transient=False)
         self.sent.append(envelope.queue_id)
-        return Accepted(smarthost="relay1", reply=f"250 ok queued as X{envelope.queue_id}")
+        accepted = Accepted(smarthost="relay1", reply=f"250 ok queued as X{envelope.queue_id}")
+        if on_accepted is not None:
+            on_accepted(accepted)
+        return accepted
+
+    def abort(self) -> None:
+        pass
 
     async def close(self) -> None:
         pass
@@ -94,8 +110,9 @@ def flush(
     queue: FakeQueue,
     smarthost: FakeSmarthost,
     report: Callable[[Outcome], None] | None = None,
+    fsync: Callable[[int], None] = os.fsync,
 ) -> tuple[Flush, list[Outcome], Journal]:
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = Journal(tmp_path / "journal.sqlite3", fsync=fsync)
     journal.begin_run("flush", 1)
     outcomes: list[Outcome] = []
     run = Flush(
@@ -229,3 +246,91 @@ def test_a_hold_that_fails_part_way_is_given_back(tmp_path: Path) -> None:
     assert smarthost.sent == []
     assert set(queue.where.values()) == {"deferred"}  # none left on hold
     assert {o.action for o in outcomes} == {"released", "failed"}
+
+
+def broken_disk(fd: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def test_an_fsync_error_still_settles_everything(tmp_path: Path) -> None:
+    # EIO (or ENOSPC on some file systems) at fsync: the journal cannot promise that
+    # `accepted` survives a power loss. The accepted messages are deleted all the same
+    # (giving them back would send them twice; left on hold they would be stuck) and
+    # the others released.
+    chosen = [selected(n) for n in range(6)]
+    refused = [s.message.queue_id for s in chosen[::3]]
+    queue = FakeQueue(s.message.queue_id for s in chosen)
+    smarthost = FakeSmarthost(refuse=refused)
+    run, outcomes, _ = flush(tmp_path, queue, smarthost, fsync=broken_disk)
+
+    asyncio.run(run.run(chosen))
+
+    assert "hold" not in queue.where.values()
+    assert sorted(q for q, where in queue.where.items() if where == "gone") == sorted(
+        smarthost.sent
+    )
+    assert sorted(q for q, where in queue.where.items() if where == "deferred") == sorted(refused)
+    assert sorted(o.action for o in outcomes) == ["released"] * 2 + ["rerouted"] * 4
+
+
+class HeldQueue(FakeQueue):
+    """A queue whose messages are on hold, as a crashed run left them."""
+
+    def __init__(self, messages: Iterable[QueuedMessage]) -> None:
+        self.messages = {m.queue_id: m for m in messages}
+        super().__init__(self.messages)
+        self.where = dict.fromkeys(self.messages, "hold")
+
+    def listing(self) -> Iterator[QueuedMessage]:
+        for qid, message in self.messages.items():
+            if self.where[qid] in ("hold", "deferred"):
+                yield replace(message, queue_name=self.where[qid])
+
+
+@pytest.mark.parametrize("fsync_works", [True, False], ids=["fsync", "fsync-EIO"])
+def test_the_250_survives_a_crash_before_the_writer_commits_it(
+    tmp_path: Path, fsync_works: bool
+) -> None:
+    # The flush hands journal rows to a writer thread. Here the writer cannot commit at
+    # all (another connection holds SQLite's write lock) when the process is killed
+    # right after the smarthost's 250 was journaled: recovery must still know that the
+    # smarthost has the message, delete it and never give it back to be sent again.
+    sent, sending = selected(1), selected(2)
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    journal.begin_run("flush", 1)
+    keys = [(s.message.key, s.message.queue_id) for s in (sent, sending)]
+    journal.start((key, "ionos", "alice@example.com", ["c@kunde1.test"]) for key in keys)
+    journal.record(keys, HELD)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+
+    child = os.fork()
+    if child == 0:  # the flush, killed with its writer stuck
+        try:
+            with journal.writing_behind():
+                journal.record(keys, SENDING, smarthost="relay1")
+                journal.record(keys[:1], ACCEPTED, smarthost="relay1", reply="250 2.0.0 Ok")
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+    queue = HeldQueue(s.message for s in (sent, sending))
+    # The next run; when its disk fails at fsync, recovery still acts (and keeps the
+    # side file for the next one).
+    journal.close()
+    journal = Journal(path, fsync=os.fsync if fsync_works else broken_disk)
+    report = recover(journal, queue)
+
+    assert report.deleted == (sent.message.queue_id,)
+    assert report.released == (sending.message.queue_id,)
+    # The one being sent is named: the smarthost may have it, and Postfix sends it again.
+    assert [u.queue_id for u in report.uncertain] == [sending.message.queue_id]
+    assert queue.where == {sent.message.queue_id: "gone", sending.message.queue_id: "deferred"}
+    states = journal.states(s.message.key for s in (sent, sending))
+    assert states == {sent.message.key: DELETED, sending.message.key: RELEASED}
+    assert (journal.steps_path.stat().st_size == 0) == fsync_works

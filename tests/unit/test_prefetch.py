@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from rescue.errors import QueueFileError
 from rescue.flush.prefetch import ASK_AGAIN, BROKEN, FOUND, Prefetcher, read_batch
 from rescue.postfix.queuefile import read_queue_file
+from tests.lab import wait_for
 from tests.unit.test_queuefile import GOOD
 
 
@@ -52,3 +55,31 @@ def test_prefetcher_hands_out_envelopes_in_any_order(tmp_path: Path) -> None:
     assert all(e is not None and e.sender == "sender@src.test" for e in got)
     assert broken_id == names[70]
     assert unknown is None  # not one it was asked to read: the flush's reader looks
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_the_helper_dies_with_a_killed_flush(tmp_path: Path) -> None:
+    # A flush killed with SIGKILL cannot stop its helper: the helper must end by itself,
+    # or it would wait for batches for ever and hold the flush's stdout open.
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the flush
+        try:
+            prefetcher = Prefetcher(str(tmp_path))
+            helpers = list(prefetcher._pool._processes or {})  # type: ignore[attr-defined]
+            os.write(write_end, f"{helpers[0]}\n".encode())
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        helper = int(pipe.readline())
+    os.waitpid(child, 0)
+    wait_for(lambda: not _alive(helper), 30, "the helper to end")

@@ -307,6 +307,7 @@ def config_text(tmp_path: Path, extra: str = "", smarthost: str = "") -> str:
 def test_service_defaults(tmp_path: Path) -> None:
     cfg = parse_config(tmp_path / "c.toml", config_text(tmp_path))
     assert cfg.service.interval == 60.0 and cfg.service.metrics_listen is None
+    assert cfg.service.stop_timeout == 20.0
     assert cfg.smarthosts[0].max_per_hour is None and cfg.smarthosts[0].max_per_day is None
 
 
@@ -332,6 +333,8 @@ def test_metrics_listen(tmp_path: Path, listen: str, expected: tuple[str, int]) 
         ('[service]\ninterval = "500ms"', "service.interval"),
         ('[service]\ninterval = "soon"', "service.interval"),
         ("[service]\nintervall = 5", "service.intervall"),
+        ('[service]\nstop_timeout = "0s"', "service.stop_timeout"),
+        ('[service]\nstop_timeout = "2m"', "service.stop_timeout"),
     ],
 )
 def test_bad_service_values_name_the_key(tmp_path: Path, extra: str, key: str) -> None:

@@ -7,7 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rescue.errors import QueueFileError
-from rescue.postfix.commands import envelope_from_postcat, notify_keywords
+from rescue.postfix.commands import envelope_from_postcat, notify_keywords, postcat_queue
 from rescue.smarthost.session import encode_data, xtext
 
 
@@ -92,3 +92,9 @@ def test_envelope_from_postcat_keeps_pending_recipients_with_their_dsn() -> None
 def test_envelope_without_sender_is_an_error() -> None:
     with pytest.raises(QueueFileError):
         envelope_from_postcat("4F2A81C0D3", b"recipient: a@b\n", b"")
+
+
+def test_postcat_says_which_queue_it_read() -> None:
+    assert postcat_queue(POSTCAT_E) == "deferred"
+    assert postcat_queue(b"*** ENVELOPE RECORDS hold/4/4F2A81C0B1 ***\nsender: a@b\n") == "hold"
+    assert postcat_queue(b"sender: a@b\n") is None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from rescue.config import MAX_STOP_TIMEOUT
+
 UNITS = sorted((Path(__file__).parents[2] / "systemd").glob("*.service"))
 
 
@@ -41,3 +43,11 @@ def test_unit_verifies(unit: Path, tmp_path: Path) -> None:
     )
     # verify says "ignoring" and still exits 0 for a misspelt setting: no output at all.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_systemd_stops_the_service_only_after_its_own_deadline() -> None:
+    # After SIGTERM the service gives everything back within [service] stop_timeout; a
+    # TimeoutStopSec at or below the longest allowed would have systemd kill it first.
+    unit = next(u for u in UNITS if u.name == "queue-rescue.service").read_text()
+    [seconds] = re.findall(r"^TimeoutStopSec=(\d+)s$", unit, re.MULTILINE)
+    assert int(seconds) > MAX_STOP_TIMEOUT
