@@ -165,8 +165,8 @@ def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: P
 
     assert result.code == 4, result.stderr
     assert (
-        "postsuper -h - deferred failed (exit status 1, after acting on 3 of 3 messages): postsuper: "
-        "Placed on hold: 3 messages postsuper: fatal: disk trouble"
+        "postsuper -h - deferred failed (exit status 1, after acting on 3 of 3 messages): "
+        "postsuper: Placed on hold: 3 messages postsuper: fatal: disk trouble"
     ) in result.stderr
     assert w.smarthost.received == []
     assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
