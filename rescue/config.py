@@ -8,6 +8,7 @@ or others; their values never appear in a repr, a log line or an error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -147,6 +148,40 @@ class ServiceConfig:
     metrics_listen: tuple[str, int] | None = None
 
 
+# Postfix lookup table types that postmap builds into one database file beside the source
+# (the suffix Postfix opens for each; DB_README, LMDB_README, CDB_README).
+INDEXED_MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+DEFAULT_ROUTE_MAP = "hash:/var/lib/queue-rescue/route"
+DEFAULT_RELAY_LISTEN = "127.0.0.1:10026"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """The `[route]` table: route new mail around a provider the service reroutes."""
+
+    map_type: str = "hash"
+    map_path: Path = Path("/var/lib/queue-rescue/route")
+    # Where the relay endpoint listens: ("inet", host, port) speaks SMTP, ("unix", path, 0)
+    # speaks LMTP (Postfix's smtp client has no unix sockets; its lmtp client has).
+    relay_listen: tuple[str, str, int] = ("inet", "127.0.0.1", 10026)
+    probe_interval: float = 60.0
+    recover_after: int = 3
+    # The port the provider's MX listens on (25; a lab's fake provider has its own).
+    probe_port: int = 25
+    probe_timeout: float = 30.0
+    probe_helo: str | None = None  # None: the host's name, as Postfix's smtp_helo_name
+
+    @property
+    def map(self) -> str:
+        return f"{self.map_type}:{self.map_path}"
+
+    @property
+    def database(self) -> Path:
+        """The file Postfix opens (the source plus its type's suffix)."""
+        suffix = INDEXED_MAP_SUFFIXES[self.map_type]
+        return self.map_path.with_name(self.map_path.name + suffix)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
@@ -158,6 +193,7 @@ class Config:
     retry: RetryConfig
     dns: DnsConfig
     service: ServiceConfig = ServiceConfig()
+    route: RouteConfig | None = None  # None: no [route] table, nothing is routed
 
 
 # --- loading --------------------------------------------------------------------------
@@ -468,6 +504,61 @@ def _read_service(top: _Table) -> ServiceConfig:
     return cfg
 
 
+def _read_route(top: _Table) -> RouteConfig | None:
+    if "route" not in top.data:
+        top.used.add("route")
+        return None
+    t = top.table("route")
+    spec = t.get_str("map", DEFAULT_ROUTE_MAP)
+    map_type, sep, map_path = spec.partition(":")
+    if not sep or map_type not in INDEXED_MAP_SUFFIXES or not Path(map_path).is_absolute():
+        raise t.error(
+            "map",
+            f"expected TYPE:/absolute/path with TYPE one of {', '.join(INDEXED_MAP_SUFFIXES)}, "
+            f"got {spec!r}",
+        )
+    listen = t.get_str("relay_listen", DEFAULT_RELAY_LISTEN)
+    cfg = RouteConfig(
+        map_type=map_type,
+        map_path=Path(map_path),
+        relay_listen=_relay_listen(t, listen),
+        probe_interval=t.get_duration("probe_interval", 60.0),
+        recover_after=t.get_int("recover_after", 3, minimum=1),
+        probe_port=t.get_int("probe_port", 25, minimum=1),
+        probe_timeout=t.get_duration("probe_timeout", 30.0),
+        probe_helo=t.get_str("probe_helo", None),
+    )
+    if cfg.probe_interval < MIN_INTERVAL:
+        raise t.error("probe_interval", f"must be at least {MIN_INTERVAL:g}s")
+    t.finish()
+    return cfg
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _relay_listen(t: _Table, text: str) -> tuple[str, str, int]:
+    """("unix", path, 0) or ("inet", host, port); only loopback: never an open relay."""
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not Path(path).is_absolute():
+            raise t.error("relay_listen", f"a unix socket needs an absolute path, got {text!r}")
+        return "unix", path, 0
+    host, port = _host_port(t, "relay_listen", text.removeprefix("inet:"))
+    if not _is_loopback(host):
+        raise t.error(
+            "relay_listen",
+            f"must be a loopback address or unix:/path (never an open relay), got {text!r}",
+        )
+    return "inet", host, port
+
+
 def _host_port(t: _Table, key: str, text: str) -> tuple[str, int]:
     """(host, port) from "127.0.0.1:9465", "[::1]:9465" or "localhost:9465"."""
     host, sep, port = text.strip().rpartition(":")
@@ -510,6 +601,7 @@ def parse_config(path: Path, text: str) -> Config:
         retry=_read_retry(top),
         dns=_read_dns(top),
         service=_read_service(top),
+        route=_read_route(top),
     )
     top.finish()
     return cfg

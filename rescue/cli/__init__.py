@@ -30,6 +30,7 @@ COMMANDS = {
     "run": "rescue.cli.run_cmd:run",
     "status": "rescue.cli.status_cmd:status",
     "srs": "rescue.cli.srs_cmd:srs",
+    "route": "rescue.cli.route_cmd:route",
 }
 
 

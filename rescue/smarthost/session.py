@@ -272,7 +272,7 @@ class Session:
             )
         if smtp.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
-        if _high_bytes(envelope.content):
+        if _high_bytes(envelope.content) or (envelope.body or "").upper() == "8BITMIME":
             if not smtp.supports_extension("8bitmime"):
                 raise self._error(
                     MAIL,
@@ -331,7 +331,8 @@ class Session:
         delivered (RFC 5321 section 4.1.1.4), so nothing reaches the others.
         """
         data = encode_data(envelope.content)
-        smtputf8 = self._check_addresses([sender, *(r.address for r in envelope.recipients)])
+        addresses = [sender, *(r.address for r in envelope.recipients)]
+        smtputf8 = self._check_addresses(addresses) or envelope.smtputf8
         encoding = "utf-8" if smtputf8 else "ascii"
         mail = _line(b"MAIL FROM:", sender, self._mail_options(envelope, data, smtputf8), encoding)
         rcpts = [
