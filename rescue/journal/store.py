@@ -185,15 +185,20 @@ class Journal:
         """
         if self._writer is not None:
             self._writer.drain()
-        for suffix in ("-wal", ""):
-            try:
-                fd = os.open(f"{self.path}{suffix}", os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        # Only the WAL, where committed steps live until a checkpoint (which syncs the
+        # database file itself). Never open and close the database file here: closing any
+        # descriptor of it drops every POSIX lock this process holds on it, SQLite's
+        # included; another process closing its connection would then take this one for
+        # gone, checkpoint and delete the WAL, and our later commits would go to a WAL
+        # file no other process sees.
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

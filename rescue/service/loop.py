@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -24,14 +25,16 @@ from rescue.errors import JournalError, RescueError
 from rescue.flush.core import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
 from rescue.journal.recovery import recover
 from rescue.journal.store import Journal
-from rescue.model import QueuedMessage, Selected
+from rescue.model import Classification, QueuedMessage, Selected
 from rescue.postfix.commands import Postfix
 from rescue.postfix.listing import BadLine
 from rescue.postfix.reader import HeldMessageReader
+from rescue.route.control import RouteControl, trips
 from rescue.service.autorules import (
     DAY,
     HOUR,
     LIMITS,
+    MIN_MESSAGES,
     RELEASE_BACKOFF,
     UNKNOWN_PROVIDER,
     Choice,
@@ -41,6 +44,7 @@ from rescue.service.autorules import (
     within_budget,
 )
 from rescue.service.metrics import NO_SMARTHOST, Metrics
+from rescue.service.routing import accepted_since, build_route, show_route
 from rescue.service.sdnotify import Notifier
 from rescue.smarthost.pool import Dispatcher
 from rescue.srs.rewriter import SrsRewriter
@@ -117,6 +121,7 @@ class _Cycle:
     summary: Summary = field(default_factory=Summary)
     held_back: int = 0
     error: str | None = None
+    route: str = ""  # the route states in words, when [route] is set
 
     def summary_line(self) -> str:
         c = self.summary.counts
@@ -126,9 +131,10 @@ class _Cycle:
         )
 
     def status(self) -> str:
+        route = f"; {self.route}" if self.route else ""
         if self.error is not None:
-            return f"last cycle failed: {self.error}"
-        return f"last cycle {time.strftime('%H:%M:%S')}: {self.summary_line()}"
+            return f"last cycle failed: {self.error}{route}"
+        return f"last cycle {time.strftime('%H:%M:%S')}: {self.summary_line()}{route}"
 
 
 class Service:
@@ -153,6 +159,8 @@ class Service:
         self._wake = asyncio.Event()
         self._reload_asked = False
         self._parts = _Parts(cfg)
+        self._route: RouteControl | None = None
+        self._probes: asyncio.Task[None] | None = None
         self.totals: collections.Counter[str] = collections.Counter()
 
     # --- signals ----------------------------------------------------------------------------
@@ -198,9 +206,11 @@ class Service:
         try:
             journal.begin_run("run", os.getpid(), keep=self._cfg.journal.keep)
             self._log_start()
+            await self._start_route(journal)
             await self._loop(journal)
             journal.end_run(dict(self.totals))
         finally:
+            await self._stop_route()
             journal.close()
             if watchdog is not None:
                 watchdog.cancel()
@@ -325,12 +335,13 @@ class Service:
         )
         quota = smarthost_quota(
             cfg.smarthosts,
-            journal.accepted_since(now - HOUR),
-            journal.accepted_since(now - DAY),
+            self._accepted_since(journal, now - HOUR),
+            self._accepted_since(journal, now - DAY),
             len(choice.selection),
         )
         choice = within_budget(choice, quota.budget)
         self._report_held(choice, quota)
+        self._route_cycle(inventory.messages, inventory.classes, choice, cycle)
         cycle.deferred = sum(1 for m in inventory.messages if m.queue_name == "deferred")
         cycle.held_back = sum(choice.held_back.values())
         self._metrics.deferred(choice.deferred)
@@ -341,6 +352,65 @@ class Service:
         self.totals.update(cycle.summary.counts)
         self._metrics.last_cycle.set(time.time())
         self._metrics.last_cycle_duration.set(time.monotonic() - started)
+
+    # --- routing (issue 16): new mail around a provider in trouble -------------------------
+
+    async def _start_route(self, journal: Journal) -> None:
+        """With [route]: rebuild the table from the journal, listen, start probing."""
+        self._route = build_route(
+            self._cfg,
+            journal=journal,
+            catalog=self._parts.catalog,
+            srs=self._parts.srs,
+            metrics=self._metrics,
+            clock=time.time,
+        )
+        if self._route is not None:
+            await self._route.start()
+            show_route(self._route.view, self._metrics)
+            self._probes = asyncio.create_task(self._probe_loop(self._route))
+
+    async def _probe_loop(self, route: RouteControl) -> None:
+        while not self._stop.is_set():
+            try:
+                await route.probe_once()
+            except RescueError as exc:
+                log.error("route: %s; probing again in %gs", exc, route.cfg.probe_interval)
+            show_route(route.view, self._metrics)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), route.cfg.probe_interval)
+
+    async def _stop_route(self) -> None:
+        """Empty the table (Postfix routes as before), then close the relay endpoint."""
+        if self._probes is not None:
+            self._probes.cancel()
+            await asyncio.wait({self._probes})
+        if self._route is not None:
+            await self._route.stop(grace=STOP_DEADLINE / 2)
+            self._route.store.close()
+
+    def _route_cycle(
+        self,
+        messages: Sequence[QueuedMessage],
+        classes: Mapping[str, Sequence[Classification]],
+        choice: Choice,
+        cycle: _Cycle,
+    ) -> None:
+        if self._route is None:
+            return
+        selected = collections.Counter(s.provider for s in choice.selection)
+        try:
+            self._route.after_cycle(
+                messages, classes, trips(selected, choice.held_back, MIN_MESSAGES)
+            )
+        except RescueError as exc:
+            log.error("route: %s", exc)
+        cycle.route = self._route.view.status()
+        show_route(self._route.view, self._metrics)
+
+    def _accepted_since(self, journal: Journal, since: float) -> dict[str, int]:
+        """Flushed and relayed mail: the smarthosts' quotas count both."""
+        return accepted_since(journal, self._route.store if self._route else None, since)
 
     def _report_held(self, choice: Choice, quota: Quota) -> None:
         for text in quota.full:
