@@ -28,7 +28,9 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(fields).encode(), self._address)
+                # Never wait for systemd: a full queue (BlockingIOError) drops this one;
+                # the next status or watchdog ping follows soon.
+                sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self._address)
         except OSError as exc:  # systemd gone or restarting: the service itself goes on
             log.debug("cannot notify systemd at %s: %s", self._address, exc)
 
