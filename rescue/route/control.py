@@ -106,7 +106,11 @@ def probe_targets(
     classes: Mapping[str, Sequence[Classification]],
     providers: Iterable[str],
 ) -> dict[str, dict[str, str]]:
-    """provider -> the newest deferred sender and recipient with the host that refused it."""
+    """provider -> the newest deferred sender and recipient with the host that refused it.
+
+    Only deferrals that match the provider's reasons count: mail the relay endpoint
+    answered with a 4xx names this host, which is no place to probe the provider at.
+    """
     wanted = set(providers)
     best: dict[str, tuple[int, dict[str, str]]] = {}
     for message in messages:
@@ -114,7 +118,9 @@ def probe_targets(
             continue
         for recipient, cls in zip(message.recipients, classes[message.queue_id], strict=False):
             peer = reason_host(recipient.delay_reason) if recipient.delay_reason else None
-            if cls.provider not in wanted or peer is None or not peer[1]:
+            if cls.provider not in wanted or cls.reason_matched is None:
+                continue
+            if peer is None or not peer[1]:
                 continue
             seen = best.get(cls.provider)
             if seen is None or message.arrival_time >= seen[0]:

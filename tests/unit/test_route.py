@@ -138,7 +138,7 @@ def test_stuck_domains_and_probe_target_come_from_the_providers_deferred_mail() 
         message("A1", 10, "old@example.com", "x@kunde1.de", "y@elsewhere.de"),
         message("A2", 20, "new@example.com", "z@kunde2.de"),
     ]
-    ionos = Classification("ionos")
+    ionos = Classification("ionos", reason_matched="invalid sender domain")
     classes = {"A1": (ionos, Classification(None)), "A2": (ionos,)}
     assert stuck_domains(messages, classes, ["ionos"]) == {
         "ionos": {"kunde1.de": STUCK, "kunde2.de": STUCK}
@@ -152,6 +152,9 @@ def test_stuck_domains_and_probe_target_come_from_the_providers_deferred_mail() 
         }
     }
     assert probe_targets(messages, classes, ["gmx"]) == {}
+    # A deferral that is not one of the provider's reasons (the relay's own 451) is no target.
+    other = {"A1": classes["A1"], "A2": (Classification("ionos"),)}
+    assert probe_targets(messages, other, ["ionos"])["ionos"]["sender"] == "old@example.com"
 
 
 # --- the relay's parsing ---------------------------------------------------------------------
