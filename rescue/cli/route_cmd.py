@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from rescue.classify.catalog import load_catalog
 from rescue.cli.common import load_config
 from rescue.cli.output import console, json_line, print_table
-from rescue.cli.status_cmd import service_state
+from rescue.cli.status_cmd import route_json, service_state
 from rescue.config import Config, RouteConfig
 from rescue.errors import ConfigError
 from rescue.journal.store import Journal
@@ -62,18 +61,6 @@ def _service_running(cfg: Config) -> bool:
         return bool(service_state(journal.last_run("run"))["running"])
     finally:
         journal.close()
-
-
-def route_json(route: ProviderRoute) -> dict[str, Any]:
-    return {
-        "provider": route.provider,
-        "state": route.effective,
-        "auto_state": route.state,
-        "override": route.override,
-        "reason": route.reason,
-        "changed_at": round(route.changed_at, 3),
-        "probes_ok": route.probes_ok,
-    }
 
 
 @click.group()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from rescue.classify.catalog import Catalog
 from rescue.classify.reasons import reason_host
-from rescue.config import Config, RetryConfig, RouteConfig, SmarthostConfig
+from rescue.config import DEFAULT_JOURNAL_KEEP, Config, RetryConfig, RouteConfig, SmarthostConfig
 from rescue.diagnose.probe import ProbeTarget
 from rescue.diagnose.result import Result, Status
 from rescue.errors import ConfigError, PostfixError
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # Postfix retries on its own: the relay path tries each smarthost once per transaction, so
 # that Postfix hears an answer well within its smtp_data_done_timeout (600s).
 RELAY_RETRY = RetryConfig(attempts=1, max_wait=0.0, initial_wait=0.0)
+# Relayed mail is forgotten after [journal] keep, looked at this often.
+PRUNE_EVERY = 3600.0
 RELAY_HOSTNAME = "queue-rescue.relay"  # never Postfix's myhostname: it would see a loop
 
 Probe = Callable[[ProbeTarget], Awaitable[Result]]
@@ -162,6 +164,7 @@ class RouteControl:
         clock: Callable[[], float],
         transport: str,
         report: Callable[[RelayOutcome], None] = lambda _o: None,
+        keep: float = DEFAULT_JOURNAL_KEEP,
     ) -> None:
         """`smarthosts()` gives the smarthosts with room in their quotas (and why none)."""
         self.cfg = cfg
@@ -173,9 +176,12 @@ class RouteControl:
         self._clock = clock
         self._transport = transport
         self._report = report
+        self._keep = keep
         self._dispatchers: dict[tuple[str, ...], Dispatcher] = {}
         self.view = RouteView()
         self._written: list[TableEntry] | None = None
+        self._started = False
+        self._pruned = float("-inf")
         self._domain_owner: dict[str, str] = {}
         self.relay = Relay(
             srs=srs,
@@ -223,6 +229,9 @@ class RouteControl:
     ) -> None:
         """Trip the breakers the auto rules matched; remember the rerouted domains."""
         now = self._clock()
+        if now - self._pruned >= PRUNE_EVERY:
+            self.store.prune(now - self._keep)
+            self._pruned = now
         routes = self.store.routes()
         for provider, count in sorted(tripping.items()):
             old = routes.get(provider, ProviderRoute(provider))
@@ -250,6 +259,7 @@ class RouteControl:
         entries = table_entries(
             routes.values(), self.store.domains(), configured, self._transport, paused=paused
         )
+        self._log_changes(self.view.routes, routes)
         self.view = RouteView(routes, entries, paused)
         self._domain_owner = {e.domain: e.provider for e in entries}
         if entries != self._written:
@@ -263,16 +273,27 @@ class RouteControl:
         if new == old:
             return
         self.store.save(new)
-        if new.effective != old.effective:
-            log.warning(
-                "provider %s: %s -> %s: %s",
-                new.provider,
-                old.effective,
-                new.effective,
-                new.reason,
-            )
-            if new.effective != REROUTING:
-                self.store.forget_domains(new.provider)
+        if new.effective not in (old.effective, REROUTING):
+            self.store.forget_domains(new.provider)
+
+    def _log_changes(
+        self, before: Mapping[str, ProviderRoute], after: Mapping[str, ProviderRoute]
+    ) -> None:
+        """Each change of a provider's route once, whoever made it (the service, or
+        `route set` in another process); at start, the providers rerouted already."""
+        for name, new in sorted(after.items()):
+            old = before.get(name)
+            if old is None and not self._started and new.rerouting:
+                log.warning(
+                    "provider %s: %s (from the journal): %s", name, new.describe(), new.reason
+                )
+            elif old is not None and old.effective != new.effective:
+                log.warning(
+                    "provider %s: %s -> %s: %s", name, old.effective, new.describe(), new.reason
+                )
+            elif old is None and new.rerouting:
+                log.warning("provider %s: healthy -> %s: %s", name, new.describe(), new.reason)
+        self._started = True
 
     # --- probes -------------------------------------------------------------------------
 

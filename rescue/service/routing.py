@@ -80,6 +80,7 @@ def build_route(
         clock=clock,
         transport=relay_transport(route.relay_listen, queue_dir),
         report=report,
+        keep=cfg.journal.keep,
     )
 
 

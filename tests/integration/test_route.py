@@ -185,6 +185,15 @@ def test_new_mail_takes_the_route_and_goes_back_once_the_provider_recovers(
         svc.wait_log(f"{new}: relayed: provider ionos, to u1@kunde1.test via relay1: 250")
         svc.notify.wait_for("STATUS=", after=0)
         assert any("route: ionos rerouting" in m for m in svc.notify.received)
+        status = rescue.run("status", "--json")
+        route = status.summary["route"]
+        assert route["relayed"] == 1
+        assert [(p["provider"], p["state"]) for p in route["providers"]] == [("ionos", "rerouting")]
+        assert "Route: ionos rerouting since " in rescue.run("status").stdout
+        checked = rescue.run("check").stdout
+        assert f"ok    transport_maps: hash:{table} comes first" in checked
+        assert f"ok    route table: postmap -q answers from hash:{table}" in checked
+        assert f"ok    relay endpoint: 127.0.0.1:{port} answers: 220 " in checked
 
         # The provider takes mail again: probes bring it back, its domains leave the table.
         since = log_size(w.lab)
@@ -274,6 +283,8 @@ def test_sigkill_mid_relay_postfix_tries_again_and_the_doubt_is_counted(
     assert len(with_subject(w.smarthost.received, 104)) == 2
     assert [r.rcpt_tos for r in w.accepting.received] == [(f"x@{ACCEPTING_DOMAIN}",)]
     assert other not in w.lab.queue_ids()
+    route = rescue.run("status", "--json").summary["route"]
+    assert (route["relayed"], route["relay_uncertain"]) == (1, 1)
 
 
 @pytest.mark.postfix
@@ -334,3 +345,38 @@ def test_route_set_overrides_until_auto_and_shows_why(
         assert "kunde9.test" in entries(rescue)
         assert svc.terminate() == 0
     rescue.run("route", "set", "ionos", "healthy")
+
+
+@pytest.mark.postfix
+def test_a_full_smarthost_quota_takes_the_domains_out_of_the_table(
+    w: World, table: Path, tmp_path: Path
+) -> None:
+    rescue = route_rescue(w, "quota", table)
+    rescue.smarthosts[0]["max_per_hour"] = 1
+    w.lab.submit_many([kunde(1)])
+    w.lab.wait_deferred(1)
+    with running(rescue, tmp_path) as svc:
+        svc.notify.wait_for("READY=1")
+        svc.wait_log("provider ionos: healthy -> rerouting")
+        svc.wait_log("smarthost quota reached (relay1 took 1 in the last hour")
+        svc.wait_log("rerouted domains leave the table")
+        assert entries(rescue) == {}
+        assert states(rescue)["ionos"]["state"] == "rerouting"
+        svc.notify.next_cycle()
+        [*_, last] = [m for m in svc.notify.received if "STATUS=last cycle" in m]
+        assert "route: ionos rerouting, 0 domains (paused: relay1 took 1 in the last hour" in last
+        assert svc.terminate() == 0
+    assert len(w.smarthost.received) == 1
+
+
+@pytest.mark.postfix
+def test_check_names_what_is_wrong_on_postfixs_side(w: World, table: Path) -> None:
+    missing = w.root / "route" / "elsewhere"
+    rescue = route_rescue(w, "check", missing)
+    out = rescue.run("check")
+    assert out.code == 1
+    assert f"FAIL  route table: {missing}.db is missing" in out.stdout
+    assert f"FAIL  transport_maps: transport_maps = hash:{table}, inline:" in out.stdout
+    assert f"name hash:{missing} first" in out.stdout
+    assert "ok    relay endpoint: 127.0.0.1:" in out.stdout
+    assert "not listening yet" in out.stdout
