@@ -74,16 +74,26 @@ def route() -> None:
 
 
 @route.command()
+@click.option("--empty", is_flag=True, help="Also empty a table that has entries.")
 @click.pass_context
-def init(ctx: click.Context) -> None:
+def init(ctx: click.Context, empty: bool) -> None:
     """Create the table empty unless it exists (run before the service starts).
 
     Postfix fails every lookup in transport_maps while a table it names is
-    missing; this makes sure it is there. An existing table is left as it is.
+    missing; this makes sure it is there. An existing table is left as it is,
+    unless --empty (the unit runs that after the service stopped, also after a
+    crash: Postfix then routes as before until the service is back).
+    Without a [route] table in the configuration there is nothing to do.
     """
     cfg = load_config(ctx)
-    _route_config(cfg)
+    if cfg.route is None:
+        click.echo("no [route] table in the configuration: nothing to do")
+        return
     table = table_of(cfg)
+    if empty:
+        table.write({})
+        click.echo(f"{table.spec}: empty")
+        return
     created = table.ensure()
     click.echo(f"{table.spec}: {'created, empty' if created else 'exists'}")
 
