@@ -331,6 +331,10 @@ class RelayServer:
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             # ValueError: a line over the limit (StreamReader's LimitOverrunError).
             log.debug("relay: session ended: %s", exc)
+        except asyncio.CancelledError:
+            # close() ended it; asyncio's stream callback would report a cancelled task
+            # as an error.
+            log.debug("relay: session closed")
         finally:
             self._sessions.pop(task, None)
             writer.close()
@@ -344,6 +348,9 @@ class RelayServer:
         if self._server is not None:
             self._server.close()
         busy = [s.idle.wait() for s in self._sessions.values() if not s.idle.is_set()]
+        for task, session in list(self._sessions.items()):
+            if session.idle.is_set():
+                task.cancel()
         if busy and grace > 0:
             waiters = [asyncio.ensure_future(b) for b in busy]
             await asyncio.wait(waiters, timeout=grace)
