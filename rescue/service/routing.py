@@ -24,6 +24,8 @@ from rescue.service.autorules import DAY, HOUR, smarthost_quota
 from rescue.service.metrics import NO_SMARTHOST, Metrics
 from rescue.srs.rewriter import SrsRewriter
 
+DEFAULT_QUEUE_DIRECTORY = "/var/spool/postfix"  # Postfix's default queue_directory
+
 
 def accepted_since(journal: Journal, store: RouteStore | None, since: float) -> dict[str, int]:
     """What each smarthost accepted from `since` on: flushed and relayed mail together."""
@@ -68,7 +70,7 @@ def build_route(
         labels = (outcome.provider or "(unknown)", outcome.smarthost or NO_SMARTHOST)
         (metrics.relayed if outcome.accepted else metrics.relay_refused).labels(*labels).inc()
 
-    queue_dir = str(cfg.postfix.queue_directory or "/var/spool/postfix")
+    queue_dir = str(_queue_directory(postfix))
     return RouteControl(
         route,
         table=table_of(cfg),
@@ -82,6 +84,14 @@ def build_route(
         report=report,
         keep=cfg.journal.keep,
     )
+
+
+def _queue_directory(postfix: Postfix) -> str:
+    """Where a unix socket's path is taken relative to in the lmtp transport."""
+    try:
+        return str(postfix.queue_directory())
+    except PostfixError:
+        return DEFAULT_QUEUE_DIRECTORY
 
 
 def _myhostname(postfix: Postfix) -> str:

@@ -171,14 +171,23 @@ def test_new_mail_takes_the_route_and_goes_back_once_the_provider_recovers(
         )
 
         # New mail to a rerouted domain: straight to the relay, on to the smarthost.
-        new = w.lab.submit(SENDER, ["u1@kunde1.test"], body(101, b"caf\xc3\xa9\n"))
+        new = w.lab.submit(
+            SENDER,
+            ["u1@kunde1.test"],
+            body(101, b"caf\xc3\xa9\n"),
+            dsn_notify="SUCCESS,FAILURE",
+            dsn_orcpt="rfc822;U1@kunde1.test",
+            envid="env-101",
+            ret="HDRS",
+        )
         w.lab.wait_for(lambda: len(w.smarthost.received) == 3, what="the new mail relayed")
         w.lab.wait_empty()
         [mail] = with_subject(w.smarthost.received, 101)
         assert mail.mail_from == srs_of(rescue, SENDER)
         assert mail.rcpt_tos == ("u1@kunde1.test",)
         assert mail.content.endswith(b"\r\nHello 101.\r\ncaf\xc3\xa9\r\n")
-        assert "BODY=8BITMIME" in mail.mail_options
+        assert {"BODY=8BITMIME", "RET=HDRS", "ENVID=env-101"} <= set(mail.mail_options)
+        assert mail.rcpt_options == (("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;U1@kunde1.test"),)
         lines = postfix_lines(w.lab, new)
         assert any(f"relay=127.0.0.1[127.0.0.1]:{port}" in x and "status=sent" in x for x in lines)
         assert not [x for x in lines if f":{w.provider.port}," in x], lines
@@ -380,3 +389,25 @@ def test_check_names_what_is_wrong_on_postfixs_side(w: World, table: Path) -> No
     assert f"name hash:{missing} first" in out.stdout
     assert "ok    relay endpoint: 127.0.0.1:" in out.stdout
     assert "not listening yet" in out.stdout
+
+
+@pytest.mark.postfix
+def test_lmtp_on_a_unix_socket_in_the_queue_directory(
+    w: World, table: Path, tmp_path: Path
+) -> None:
+    sock = w.lab.queue_dir / "private" / "queue-rescue-test"
+    rescue = route_rescue(w, "lmtp", table, relay_listen=f"unix:{sock}")
+    w.lab.submit_many([kunde(1)])
+    w.lab.wait_deferred(1)
+    with running(rescue, tmp_path) as svc:
+        trip(w, table, svc, 1)
+        assert entries(rescue)["kunde1.test"]["transport"] == "lmtp:unix:private/queue-rescue-test"
+        new = w.lab.submit(SENDER, ["a@kunde1.test", "b@kunde1.test"], body(106))
+        w.lab.wait_for(lambda: len(w.smarthost.received) == 2, what="the LMTP mail relayed")
+        w.lab.wait_empty()
+        [mail] = with_subject(w.smarthost.received, 106)
+        assert sorted(mail.rcpt_tos) == ["a@kunde1.test", "b@kunde1.test"]
+        assert mail.mail_from == srs_of(rescue, SENDER)
+        sent = [x for x in postfix_lines(w.lab, new) if "status=sent" in x]
+        assert len(sent) == 2 and all("private/queue-rescue-test" in x for x in sent)
+        assert svc.terminate() == 0
