@@ -191,6 +191,7 @@ class Service:
             log.error("reload failed, keeping the configuration in use: %s", exc)
             return
         self._cfg, self._parts = new, parts
+        self._reload_route(old, new)
         log.info("reloaded %s", new.path)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -388,6 +389,14 @@ class Service:
         if self._route is not None:
             await self._route.stop(grace=STOP_DEADLINE / 2)
             self._route.store.close()
+
+    def _reload_route(self, old: Config, new: Config) -> None:
+        """The providers' domains follow a reload; the relay's setup takes a restart."""
+        changed = (new.route, new.smarthosts, new.srs) != (old.route, old.smarthosts, old.srs)
+        if changed and (self._route is not None or new.route is not None):
+            log.warning("reload: routing keeps its [route], smarthosts and SRS until a restart")
+        if self._route is not None:
+            self._route.catalog = self._parts.catalog
 
     def _route_cycle(
         self,

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def routed(world: World) -> Iterator[Path]:
     world.lab.restore_config()
 
 
-def route_rescue(w: World, name: str, table: Path, **route: object) -> Rescue:
+def route_rescue(w: World, name: str, table: Path, *, service: str = "", **route: object) -> Rescue:
     settings: dict[str, object] = {
         "map": f"hash:{table}",
         "relay_listen": f"127.0.0.1:{free_port()}",
@@ -76,7 +77,7 @@ def route_rescue(w: World, name: str, table: Path, **route: object) -> Rescue:
     }
     settings.update(route)
     lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in settings.items())
-    return service_rescue(w, name, extra=f"\n[route]\n{lines}")
+    return service_rescue(w, name, extra=f"{service}\n[route]\n{lines}")
 
 
 def relay_port(rescue: Rescue) -> int:
@@ -155,7 +156,8 @@ def trip(w: World, table: Path, svc: Service, *numbers: int) -> int:
 def test_new_mail_takes_the_route_and_goes_back_once_the_provider_recovers(
     w: World, table: Path, tmp_path: Path
 ) -> None:
-    rescue = route_rescue(w, "flow", table)
+    metrics = free_port()
+    rescue = route_rescue(w, "flow", table, service=f'metrics_listen = "127.0.0.1:{metrics}"')
     w.lab.submit_many(kunde(n) for n in (1, 2))
     w.lab.wait_deferred(2)
     with running(rescue, tmp_path) as svc:
@@ -199,6 +201,13 @@ def test_new_mail_takes_the_route_and_goes_back_once_the_provider_recovers(
         assert route["relayed"] == 1
         assert [(p["provider"], p["state"]) for p in route["providers"]] == [("ionos", "rerouting")]
         assert "Route: ionos rerouting since " in rescue.run("status").stdout
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10)
+        text = scraped.read().decode()
+        assert 'queue_rescue_route_state{provider="ionos",state="rerouting"} 1.0' in text
+        assert 'queue_rescue_route_state{provider="ionos",state="healthy"} 0.0' in text
+        assert (
+            'queue_rescue_relayed_messages_total{provider="ionos",smarthost="relay1"} 1.0' in text
+        )
         checked = rescue.run("check").stdout
         assert f"ok    transport_maps: hash:{table} comes first" in checked
         assert f"ok    route table: postmap -q answers from hash:{table}" in checked
