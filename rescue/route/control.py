@@ -17,7 +17,7 @@ from rescue.classify.reasons import reason_host
 from rescue.config import DEFAULT_JOURNAL_KEEP, Config, RetryConfig, RouteConfig, SmarthostConfig
 from rescue.diagnose.probe import ProbeTarget
 from rescue.diagnose.result import Result, Status
-from rescue.errors import ConfigError, PostfixError
+from rescue.errors import ConfigError, PostfixError, RescueError
 from rescue.model import Classification, QueuedMessage
 from rescue.postfix.lookuptable import LookupTable
 from rescue.route.breaker import (
@@ -204,7 +204,12 @@ class RouteControl:
                 row.queue_id,
                 ",".join(row.recipients),
             )
-        await self.server.start(self.cfg.relay_listen)
+        try:
+            await self.server.start(self.cfg.relay_listen)
+        except OSError as exc:
+            kind, where, port = self.cfg.relay_listen
+            name = f"unix:{where}" if kind == "unix" else f"{where}:{port}"
+            raise RescueError(f"[route] relay_listen: cannot listen on {name}: {exc}") from exc
         log.info("relay endpoint listening on %s; table %s", self.server.address, self.table.spec)
         self.refresh()
 

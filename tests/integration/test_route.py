@@ -398,6 +398,23 @@ def test_check_names_what_is_wrong_on_postfixs_side(w: World, table: Path) -> No
     assert f"name hash:{missing} first" in out.stdout
     assert "ok    relay endpoint: 127.0.0.1:" in out.stdout
     assert "not listening yet" in out.stdout
+    # route init: creates the table once, empties it only when asked.
+    assert rescue.run("route", "init").stdout.strip() == f"hash:{missing}: created, empty"
+    assert rescue.run("route", "init").stdout.strip() == f"hash:{missing}: exists"
+    lookup = LookupTable(
+        "hash", missing, command_dir=w.lab.command_dir, config_dir=w.lab.config_dir
+    )
+    lookup.write({"kunde1.test": "smtp:[127.0.0.1]:1"})
+    assert rescue.run("route", "init").stdout.strip() == f"hash:{missing}: exists"
+    assert lookup.query("kunde1.test") == "smtp:[127.0.0.1]:1"
+    assert rescue.run("route", "init", "--empty").stdout.strip() == f"hash:{missing}: empty"
+    assert lookup.query("kunde1.test") is None
+    plain = service_rescue(w, "plain")
+    assert plain.run("route", "init").stdout.strip() == (
+        "no [route] table in the configuration: nothing to do"
+    )
+    shown = plain.run("route", "show")
+    assert shown.code == 2 and "route: no [route] table: routing is off" in shown.stderr
 
 
 @pytest.mark.postfix
