@@ -21,6 +21,7 @@ from rescue.errors import ConfigError, PostfixError, RescueError
 from rescue.model import Classification, QueuedMessage
 from rescue.postfix.lookuptable import LookupTable
 from rescue.route.breaker import (
+    HEALTHY,
     REROUTING,
     ProviderRoute,
     needs_probe,
@@ -84,6 +85,35 @@ def trips(
         if why != min_messages:
             out[provider] = out.get(provider, 0) + count
     return {p: n for p, n in out.items() if n > 0}
+
+
+def newest_matching(
+    messages: Sequence[QueuedMessage], classes: Mapping[str, Sequence[Classification]]
+) -> dict[str, int]:
+    """provider -> arrival time of its newest deferred message that matches its reasons."""
+    newest: dict[str, int] = {}
+    for message in messages:
+        if message.queue_name != "deferred":
+            continue
+        for cls in classes[message.queue_id]:
+            if cls.provider is not None and cls.reason_matched is not None:
+                newest[cls.provider] = max(newest.get(cls.provider, 0), message.arrival_time)
+    return newest
+
+
+def stale_trip(route: ProviderRoute, newest: int | None) -> bool:
+    """Whether only mail older than the provider's recovery matches its reasons.
+
+    Such mail keeps the delay reason of its last try, from before the recovery, until
+    Postfix tries it again: no sign of new trouble, and tripping on it would send the
+    provider straight back to rerouting. That backlog is still flushed as before.
+    """
+    return (
+        route.state == HEALTHY
+        and route.changed_at > 0
+        and newest is not None
+        and newest <= route.changed_at
+    )
 
 
 def stuck_domains(
@@ -238,8 +268,12 @@ class RouteControl:
             self.store.prune(now - self._keep)
             self._pruned = now
         routes = self.store.routes()
+        newest = newest_matching(messages, classes)
         for provider, count in sorted(tripping.items()):
             old = routes.get(provider, ProviderRoute(provider))
+            if stale_trip(old, newest.get(provider)):
+                log.debug("provider %s: only mail from before its recovery matches", provider)
+                continue
             why = f"{count} deferred messages match its reroute reasons"
             self._save(old, tripped(old, why, now))
         routes = self.store.routes()

@@ -18,7 +18,13 @@ from rescue.route.breaker import (
     probed,
     tripped,
 )
-from rescue.route.control import probe_targets, stuck_domains, trips
+from rescue.route.control import (
+    newest_matching,
+    probe_targets,
+    stale_trip,
+    stuck_domains,
+    trips,
+)
 from rescue.route.entries import CONFIGURED, STUCK, relay_transport, table_entries
 from rescue.route.relay import envelope_of, queue_id_of
 from rescue.route.relayserver import (
@@ -264,3 +270,17 @@ def test_route_accepts_a_unix_socket_and_ipv6_loopback(tmp_path: Path) -> None:
         text = base_config(tmp_path, extra=f'[route]\nrelay_listen = "{listen}"\n')
         cfg = parse_config(tmp_path / "c.toml", text).route
         assert cfg is not None and cfg.relay_listen == want
+
+
+def test_mail_from_before_a_recovery_does_not_trip_the_breaker_again() -> None:
+    ionos = Classification("ionos", reason_matched="invalid sender domain")
+    messages = [message("A1", 100, "a@example.com", "x@kunde1.de")]
+    other = [message("B1", 300, "b@example.com", "y@kunde1.de")]
+    classes = {"A1": (ionos,), "B1": (Classification("ionos"),)}
+    newest = newest_matching(messages + other, classes)
+    assert newest == {"ionos": 100}  # B1's deferral is not one of the provider's reasons
+    recovered = probed(tripped(ProviderRoute("ionos"), "x", 50), True, "ok", 200, recover_after=1)
+    assert stale_trip(recovered, newest["ionos"])
+    assert not stale_trip(recovered, 201)  # arrived after the recovery: trouble again
+    assert not stale_trip(ProviderRoute("ionos"), 100)  # never changed: a first trip
+    assert not stale_trip(recovered, None)
