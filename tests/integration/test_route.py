@@ -330,6 +330,12 @@ def test_sigterm_empties_the_table_and_postfix_routes_as_before(
     assert "invalid sender domain" in deferred["recipients"][0]["delay_reason"]
     assert any(f":{w.provider.port}," in x for x in postfix_lines(w.lab, new))
 
+    # The next start rebuilds the table from the journal before its first cycle.
+    with running(rescue, tmp_path / "again") as svc:
+        svc.wait_log("provider ionos: rerouting (from the journal)")
+        assert "kunde1.test" in entries(rescue)
+        assert svc.terminate() == 0
+
 
 @pytest.mark.postfix
 def test_route_set_overrides_until_auto_and_shows_why(
