@@ -1,13 +1,19 @@
-"""Routing's pure parts: the breaker, the table's entries, what a cycle tells them, config."""
+"""Routing's parts: the breaker, the table's entries, what a cycle tells them, config, and
+the service's routing driven by a scripted probe (no Postfix; postmap builds the table)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from rescue.config import ConfigError, parse_config
+from rescue.classify.catalog import load_catalog
+from rescue.config import ConfigError, RouteConfig, SmarthostConfig, parse_config
+from rescue.diagnose.probe import ProbeTarget
+from rescue.diagnose.result import Result, fail, ok
 from rescue.model import Classification, QueuedMessage, Recipient
+from rescue.postfix.lookuptable import LookupTable
 from rescue.route.breaker import (
     AUTO,
     HEALTHY,
@@ -19,6 +25,7 @@ from rescue.route.breaker import (
     tripped,
 )
 from rescue.route.control import (
+    RouteControl,
     newest_matching,
     probe_targets,
     stale_trip,
@@ -34,7 +41,9 @@ from rescue.route.relayserver import (
     parse_path,
     xtext_decode,
 )
+from rescue.route.store import RouteStore
 from rescue.smarthost.session import xtext
+from rescue.srs.rewriter import SrsRewriter
 from tests.unit.test_config import base_config
 
 T0 = 1_000_000.0  # a fixed clock: nothing here reads the real one
@@ -284,3 +293,69 @@ def test_mail_from_before_a_recovery_does_not_trip_the_breaker_again() -> None:
     assert not stale_trip(recovered, 201)  # arrived after the recovery: trouble again
     assert not stale_trip(ProviderRoute("ionos"), 100)  # never changed: a first trip
     assert not stale_trip(recovered, None)
+
+
+# --- the service's routing with a scripted probe ----------------------------------------------
+
+
+def test_probes_bring_a_provider_back_and_empty_the_table(tmp_path: Path) -> None:
+    postmap = Path("/usr/sbin/postmap")
+    if not postmap.exists():
+        pytest.skip("postmap is not installed (apt-get install postfix)")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "main.cf").write_text("")  # postmap -c wants a main.cf, no Postfix
+    table = LookupTable("hash", tmp_path / "route", config_dir=tmp_path / "etc")
+    store = RouteStore(tmp_path / "journal.sqlite3", clock=lambda: T0)
+    store.save(tripped(ProviderRoute("ionos"), "deferred", T0))
+    target = {
+        "host": "mx00.kundenserver.de",
+        "address": "192.0.2.7",
+        "sender": "a@b.de",
+        "recipient": "x@kunde1.de",
+    }
+    store.save_target("ionos", target)
+    store.add_domains("ionos", {"kunde1.de": STUCK})
+    answers = [
+        fail("probe", "ionos", "421 no", "fix"),
+        ok("probe", "ionos", "250"),
+        ok("probe", "ionos", "250"),
+    ]
+    asked: list[ProbeTarget] = []
+
+    async def scripted(probe_target: ProbeTarget) -> Result:
+        asked.append(probe_target)
+        return answers.pop(0)
+
+    control = RouteControl(
+        RouteConfig(recover_after=2),
+        table=table,
+        store=store,
+        catalog=load_catalog(()),
+        srs=SrsRewriter(domain="srs.example.net", secrets=["s" * 24], clock=lambda: T0),
+        smarthosts=lambda: ((SmarthostConfig("relay1", "127.0.0.1"),), None),
+        probe=scripted,
+        clock=lambda: T0 + 60,
+        transport=RELAY,
+    )
+
+    async def probes() -> None:
+        control.refresh()
+        assert table.query("kunde1.de") == RELAY
+        await control.probe_once()  # refused
+        await control.probe_once()  # accepted, 1 in a row
+        assert store.routes()["ionos"].state == REROUTING
+        assert table.query("kunde1.de") == RELAY
+        await control.probe_once()  # accepted, 2 in a row: healthy
+
+    asyncio.run(probes())
+    route = store.routes()["ionos"]
+    assert (route.state, route.changed_at) == (HEALTHY, T0 + 60)
+    assert route.reason.startswith("2 probes in a row accepted")
+    assert table.query("kunde1.de") is None
+    assert store.domains() == {}
+    assert asked == [ProbeTarget(provider="ionos", **target)] * 3
+    assert answers == []
+    # Healthy: no more probes.
+    asyncio.run(control.probe_once())
+    assert len(asked) == 3
+    store.close()
