@@ -70,6 +70,9 @@ Deliver = Callable[[Transaction], Awaitable[Answer]]
 
 
 class ProtocolError(Exception):
+    """A command refused. About a transaction always 4xx: a 5xx would make Postfix bounce
+    the message, and nothing the relay path dislikes is a reason to bounce mail."""
+
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
@@ -88,7 +91,7 @@ def parse_path(text: str) -> tuple[str, str]:
     """`<addr> PARAMS` -> (address in internal form, the parameters' text)."""
     text = text.lstrip()
     if not text.startswith("<"):
-        raise ProtocolError("501 5.1.7 Bad address syntax")
+        raise ProtocolError("451 4.1.7 Bad address syntax")
     quoted = False
     end = -1
     for index in range(1, len(text)):
@@ -101,7 +104,7 @@ def parse_path(text: str) -> tuple[str, str]:
             end = index
             break
     if end < 0:
-        raise ProtocolError("501 5.1.7 Bad address syntax")
+        raise ProtocolError("451 4.1.7 Bad address syntax")
     address, rest = text[1:end], text[end + 1 :]
     if address.startswith("@") and ":" in address:  # a source route: RFC 5321 C.
         address = address.partition(":")[2]
@@ -120,7 +123,7 @@ def parse_params(text: str, allowed: frozenset[str]) -> dict[str, str]:
         key, _, value = word.partition("=")
         key = key.upper()
         if key not in allowed:
-            raise ProtocolError(f"555 5.5.4 Unsupported parameter {key}")
+            raise ProtocolError(f"451 4.5.4 Unsupported parameter {key}")
         params[key] = value
     return params
 
@@ -212,11 +215,11 @@ class _Session:
 
     def _mail(self, arg: str) -> None:
         if not self.greeted:
-            raise ProtocolError("503 5.5.1 Say hello first")
+            raise ProtocolError("451 4.5.1 Say hello first")
         if self.tx is not None:
-            raise ProtocolError("503 5.5.1 Nested MAIL command")
+            raise ProtocolError("451 4.5.1 Nested MAIL command")
         if not arg.upper().startswith("FROM:"):
-            raise ProtocolError("501 5.5.4 Syntax: MAIL FROM:<address>")
+            raise ProtocolError("451 4.5.4 Syntax: MAIL FROM:<address>")
         sender, rest = parse_path(arg[5:])
         params = parse_params(rest, _MAIL_PARAMS)
         size = params.get("SIZE", "0")
@@ -226,17 +229,17 @@ class _Session:
         if "ENVID" in params:
             params["ENVID"] = xtext_decode(params["ENVID"])
         if not sender.isascii() and "SMTPUTF8" not in params:
-            raise ProtocolError("553 5.6.7 UTF-8 address without SMTPUTF8")
+            raise ProtocolError("451 4.6.7 UTF-8 address without SMTPUTF8")
         self.tx = Transaction(sender, params)
 
     def _rcpt(self, arg: str) -> None:
         if self.tx is None:
-            raise ProtocolError("503 5.5.1 Need MAIL first")
+            raise ProtocolError("451 4.5.1 Need MAIL first")
         if not arg.upper().startswith("TO:"):
-            raise ProtocolError("501 5.5.4 Syntax: RCPT TO:<address>")
+            raise ProtocolError("451 4.5.4 Syntax: RCPT TO:<address>")
         address, rest = parse_path(arg[3:])
         if "@" not in address:
-            raise ProtocolError("501 5.1.3 Recipient without a domain")
+            raise ProtocolError("451 4.1.3 Recipient without a domain")
         params = parse_params(rest, _RCPT_PARAMS)
         if "ORCPT" in params:
             kind, _, value = params["ORCPT"].partition(";")
@@ -246,7 +249,7 @@ class _Session:
     async def _data(self) -> None:
         tx = self.tx
         if tx is None or not tx.recipients:
-            raise ProtocolError("503 5.5.1 Need RCPT first")
+            raise ProtocolError("451 4.5.1 Need RCPT first")
         await self.reply("354 End data with <CR><LF>.<CR><LF>")
         chunks = []
         size = 0

@@ -131,12 +131,16 @@ def test_lmtp_on_a_unix_socket_answers_once_per_recipient(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("commands", "code"),
     [
-        (["MAIL FROM:<a@example.com>"], "503"),  # no EHLO yet
-        (["EHLO x", "RCPT TO:<b@kunde1.de>"], "503"),
-        (["EHLO x", "MAIL FROM:<a@example.com> AUTH=<>"], "555"),
-        (["EHLO x", "MAIL FROM:<a@example.com> SIZE=99999999999"], "452"),  # never 5xx
-        (["EHLO x", "MAIL FROM:<ä@example.com>"], "553"),  # UTF-8 without SMTPUTF8
-        (["EHLO x", "MAIL FROM:<a@example.com>", "DATA"], "503"),
+        # About a transaction: always 4xx, so that Postfix keeps the mail.
+        (["MAIL FROM:<a@example.com>"], "451 4.5.1"),  # no EHLO yet
+        (["EHLO x", "RCPT TO:<b@kunde1.de>"], "451 4.5.1"),
+        (["EHLO x", "MAIL FROM:<a@example.com> AUTH=<>"], "451 4.5.4"),
+        (["EHLO x", "MAIL FROM:<a@example.com> SIZE=99999999999"], "452 4.3.4"),
+        (["EHLO x", "MAIL FROM:<ä@example.com>"], "451 4.6.7"),  # UTF-8 without SMTPUTF8
+        (["EHLO x", "MAIL FROM:a@example.com"], "451 4.1.7"),
+        (["EHLO x", "MAIL FROM:<a@example.com>", "RCPT TO:<postmaster>"], "451 4.1.3"),
+        (["EHLO x", "MAIL FROM:<a@example.com>", "DATA"], "451 4.5.1"),
+        # Not Postfix's words at all.
         (["EHLO x", "STARTTLS"], "502"),
         (["EHLO x", "AUTH PLAIN AGFAAGI="], "502"),
     ],
