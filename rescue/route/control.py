@@ -30,7 +30,7 @@ from rescue.route.breaker import (
 )
 from rescue.route.entries import STUCK, TableEntry, table_entries
 from rescue.route.relay import Relay, RelayOutcome
-from rescue.route.relayserver import RelayServer
+from rescue.route.relayserver import MAX_SIZE, RelayServer
 from rescue.route.store import RouteStore
 from rescue.smarthost.pool import Dispatcher
 from rescue.srs.rewriter import SrsRewriter
@@ -195,6 +195,7 @@ class RouteControl:
         transport: str,
         report: Callable[[RelayOutcome], None] = lambda _o: None,
         keep: float = DEFAULT_JOURNAL_KEEP,
+        max_size: int = MAX_SIZE,
     ) -> None:
         """`smarthosts()` gives the smarthosts with room in their quotas (and why none)."""
         self.cfg = cfg
@@ -221,7 +222,7 @@ class RouteControl:
             provider_of=self._provider_of,
             report=self._relayed,
         )
-        self.server = RelayServer(self.relay, hostname=RELAY_HOSTNAME)
+        self.server = RelayServer(self.relay, hostname=RELAY_HOSTNAME, max_size=max_size)
 
     # --- life -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from rescue.postfix.commands import Postfix
 from rescue.route.control import RouteControl, RouteView, table_of
 from rescue.route.entries import relay_transport
 from rescue.route.relay import RelayOutcome
+from rescue.route.relayserver import MAX_SIZE
 from rescue.route.store import RouteStore
 from rescue.service.autorules import DAY, HOUR, smarthost_quota
 from rescue.service.metrics import NO_SMARTHOST, Metrics
@@ -83,6 +84,7 @@ def build_route(
         transport=relay_transport(route.relay_listen, queue_dir),
         report=report,
         keep=cfg.journal.keep,
+        max_size=_size_limit(postfix),
     )
 
 
@@ -92,6 +94,21 @@ def _queue_directory(postfix: Postfix) -> str:
         return str(postfix.queue_directory())
     except PostfixError:
         return DEFAULT_QUEUE_DIRECTORY
+
+
+# With message_size_limit = 0 (no limit) the relay still holds each message in memory.
+UNLIMITED_SIZE = 1 << 30
+
+
+def _size_limit(postfix: Postfix) -> int:
+    """Postfix's message_size_limit: the relay takes whatever Postfix took."""
+    try:
+        value = postfix.postconf("message_size_limit")
+    except PostfixError:
+        return MAX_SIZE
+    if not value.isdigit():
+        return MAX_SIZE
+    return int(value) or UNLIMITED_SIZE
 
 
 def _myhostname(postfix: Postfix) -> str:
