@@ -415,6 +415,18 @@ def test_check_names_what_is_wrong_on_postfixs_side(w: World, table: Path) -> No
     assert lookup.query("kunde1.test") == "smtp:[127.0.0.1]:1"
     assert rescue.run("route", "init", "--empty").stdout.strip() == f"hash:{missing}: empty"
     assert lookup.query("kunde1.test") is None
+    # A unix socket the chrooted lmtp client could not see (master.cf read, no reload).
+    postconf = [str(w.lab.command_dir / "postconf"), "-c", str(w.lab.config_dir)]
+    subprocess.run([*postconf, "-F", "lmtp/unix/chroot=y"], check=True)
+    try:
+        outside = route_rescue(w, "chroot", table, relay_listen="unix:/run/queue-rescue-test.sock")
+        told = outside.run("check").stdout
+    finally:
+        subprocess.run([*postconf, "-F", "lmtp/unix/chroot=n"], check=True)
+    assert (
+        f"FAIL  relay endpoint: Postfix's lmtp client runs chrooted in {w.lab.queue_dir}, "
+        "where /run/queue-rescue-test.sock cannot be seen" in told
+    )
     plain = service_rescue(w, "plain")
     assert plain.run("route", "init").stdout.strip() == (
         "no [route] table in the configuration: nothing to do"
