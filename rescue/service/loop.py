@@ -377,6 +377,8 @@ class Service:
                 await route.probe_once()
             except RescueError as exc:
                 log.error("route: %s; probing again in %gs", exc, route.cfg.probe_interval)
+            except Exception:
+                log.exception("route: unexpected error while probing (a bug); probing goes on")
             show_route(route.view, self._metrics)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), route.cfg.probe_interval)

@@ -168,6 +168,10 @@ def test_new_mail_takes_the_route_and_goes_back_once_the_provider_recovers(
         assert listed["kunde1.test"]["transport"] == f"smtp:[127.0.0.1]:{port}"
         assert listed["kunde1.test"]["why"] == "ionos rerouting: stuck mail"
         assert states(rescue)["ionos"]["state"] == "rerouting"
+        shown = rescue.run("route", "show").stdout
+        assert f"Table hash:{table}: {len(listed)} entries" in shown
+        assert f"kunde1.test\tsmtp:[127.0.0.1]:{port}\tionos rerouting: stuck mail" in shown
+        assert "ionos\trerouting\t2 deferred messages match its reroute reasons\t" in shown
         assert postmap_query(w.lab, table, "kunde2.test").stdout.strip() == (
             f"smtp:[127.0.0.1]:{port}"
         )
