@@ -34,8 +34,9 @@ if str(REPO) not in sys.path:  # `python bench/kill_bench.py` puts bench/ first
 from tests.integration.kill_runs import KillReport, kill_runs, submit_backlog  # noqa: E402
 from tests.integration.rescue_cli import smarthost_entry  # noqa: E402
 from tests.integration.world import build_world  # noqa: E402
+from tests.lab.faults import Received  # noqa: E402
 from tests.lab.postfix import new_lab_root, remove_lab_root  # noqa: E402
-from tests.lab.smtpd import Received, RecordingSmarthost  # noqa: E402
+from tests.lab.smtpd import RecordingSmarthost  # noqa: E402
 
 
 def window_ms(journal: Path, received: Sequence[Received], ids: dict[str, str]) -> dict[str, Any]:

@@ -50,6 +50,10 @@ class Envelope:
     content: bytes  # header and body exactly as queued, lines ending in LF
     envid: str | None = None  # DSN ENVID
     ret: str | None = None  # DSN RET: "FULL" or "HDRS"
+    # As the client declared them (the relay endpoint passes them on unchanged); a queued
+    # message's are decided from its content and addresses instead.
+    body: str | None = None  # BODY=8BITMIME or 7BIT
+    smtputf8: bool = False
 
 
 @dataclass(frozen=True, slots=True)

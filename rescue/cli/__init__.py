@@ -33,6 +33,7 @@ COMMANDS = {
     "srs": "rescue.cli.srs_cmd:srs",
     "init": "rescue.cli.init_cmd:init",
     "completion": "rescue.cli.completion_cmd:completion",
+    "route": "rescue.cli.route_cmd:route",
 }
 
 

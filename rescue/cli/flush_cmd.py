@@ -33,8 +33,9 @@ from rescue.cli.selectors import selector_options
 from rescue.cli.waiting import queue_lock, wait_option
 from rescue.config import Config, JournalConfig, sending
 from rescue.exitcodes import ExitCode
-from rescue.flush.core import EnvelopeReader, Flush, Summary
-from rescue.flush.core import dry_run as preview
+from rescue.flush.core import Flush
+from rescue.flush.plan import EnvelopeReader, Summary
+from rescue.flush.plan import dry_run as preview
 from rescue.journal.recovery import RecoveryReport, recover
 from rescue.journal.store import Journal
 from rescue.model import Classification, QueuedMessage, Selected

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rescue.cli.output import age, console, json_line, print_table, show_sender
-from rescue.flush.core import Outcome, Summary
+from rescue.flush.plan import Outcome, Summary
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:

@@ -10,8 +10,12 @@ import click
 
 from rescue.cli.common import load_config, parse_duration
 from rescue.cli.output import age, console, json_line, print_table
+from rescue.config import Config
 from rescue.journal.lock import alive, holder_of, turn_path
-from rescue.journal.store import ACCEPTED, RELEASED, Event, Journal, Run
+from rescue.journal.rows import Event, Run
+from rescue.journal.store import ACCEPTED, RELEASED, Journal
+from rescue.route.breaker import ProviderRoute
+from rescue.route.store import RELAYED, UNCERTAIN, RouteStore
 
 # Journal states as `status` names them: "rerouted" is when the smarthost accepted it.
 ACTIONS = {ACCEPTED: "rerouted", RELEASED: "released"}
@@ -43,6 +47,52 @@ def event_json(event: Event) -> dict[str, Any]:
         "reply": event.reply if rerouted else None,
         "reason": None if rerouted else event.detail,
     }
+
+
+def route_json(route: ProviderRoute) -> dict[str, Any]:
+    return {
+        "provider": route.provider,
+        "state": route.effective,
+        "auto_state": route.state,
+        "override": route.override,
+        "reason": route.reason,
+        "changed_at": round(route.changed_at, 3),
+        "probes_ok": route.probes_ok,
+    }
+
+
+def routing(cfg: Config, since: float) -> dict[str, Any] | None:
+    """Provider states and what the relay endpoint did since `since`; None without [route]."""
+    if cfg.route is None:
+        return None
+    if not cfg.journal.path.exists():
+        return {"providers": [], "relayed": 0, "relay_uncertain": 0}
+    store = RouteStore(cfg.journal.path)
+    try:
+        routes = store.routes()
+        relays = store.recent_relays(since)
+    finally:
+        store.close()
+    return {
+        "providers": [route_json(r) for _, r in sorted(routes.items())],
+        "relayed": sum(1 for r in relays if r.state == RELAYED),
+        "relay_uncertain": sum(1 for r in relays if r.state == UNCERTAIN),
+    }
+
+
+def route_lines(route: dict[str, Any] | None) -> list[str]:
+    if route is None:
+        return []
+    lines = [
+        f"Route: {p['provider']} {p['state']}"
+        + (" (set by hand)" if p["override"] else "")
+        + f" since {_when(p['changed_at'])}: {p['reason'] or '-'}"
+        for p in route["providers"]
+    ]
+    relayed = f"Relay endpoint: {route['relayed']} relayed"
+    if route["relay_uncertain"]:
+        relayed += f", {route['relay_uncertain']} cut off (may be delivered twice)"
+    return [*lines, relayed]
 
 
 def _when(seconds: float | None) -> str:
@@ -102,6 +152,7 @@ def status(ctx: click.Context, since: str, as_json: bool) -> None:
     else:
         events, state = [], service_state(None)
     lock = lock_state(cfg.journal.lock_path)
+    route = routing(cfg, now - window)
     counts = {action: 0 for action in ACTIONS.values()}
     for event in events:
         counts[ACTIONS[event.state]] += 1
@@ -109,11 +160,15 @@ def status(ctx: click.Context, since: str, as_json: bool) -> None:
         for event in events:
             json_line(event_json(event))
         summary = {"since": round(now - window, 3), **counts, "service": state, "lock": lock}
+        if route is not None:
+            summary["route"] = route
         json_line({"summary": summary})
         return
     out = console()
     out.print(service_line(state, now))
     out.print(lock_line(lock))
+    for line in route_lines(route):
+        out.print(line)
     out.print(
         f"Since {_when(now - window)}: {counts['rerouted']} rerouted, {counts['released']} released"
     )

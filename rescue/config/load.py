@@ -15,6 +15,7 @@ from rescue.config.tables import (
     read_postfix,
     read_provider,
     read_retry,
+    read_route,
     read_service,
     read_smarthost,
     read_srs,
@@ -53,6 +54,7 @@ def parse_config(path: Path, text: str) -> Config:
         dns=read_dns(top),
         service=read_service(top),
         diagnose=read_diagnose(top),
+        route=read_route(top),
     )
     top.finish()
     return cfg

@@ -13,6 +13,9 @@ from rescue.config.values import (
     DEFAULT_JOURNAL_KEEP,
     DEFAULT_JOURNAL_PATH,
     DEFAULT_PORTS,
+    DEFAULT_RELAY_LISTEN,
+    DEFAULT_ROUTE_MAP,
+    INDEXED_MAP_SUFFIXES,
     MAX_STOP_TIMEOUT,
     MIN_INTERVAL,
     MIN_JOURNAL_KEEP,
@@ -24,6 +27,7 @@ from rescue.config.values import (
     PostfixConfig,
     ProviderConfig,
     RetryConfig,
+    RouteConfig,
     ServiceConfig,
     SmarthostConfig,
     SrsConfig,
@@ -215,6 +219,61 @@ def read_diagnose(top: Table) -> DiagnoseConfig:
         raise t.error("budget", "must be more than 0")
     t.finish()
     return cfg
+
+
+def read_route(top: Table) -> RouteConfig | None:
+    if "route" not in top.data:
+        top.used.add("route")
+        return None
+    t = top.table("route")
+    spec = t.get_str("map", DEFAULT_ROUTE_MAP)
+    map_type, sep, map_path = spec.partition(":")
+    if not sep or map_type not in INDEXED_MAP_SUFFIXES or not Path(map_path).is_absolute():
+        raise t.error(
+            "map",
+            f"expected TYPE:/absolute/path with TYPE one of {', '.join(INDEXED_MAP_SUFFIXES)}, "
+            f"got {spec!r}",
+        )
+    listen = t.get_str("relay_listen", DEFAULT_RELAY_LISTEN)
+    cfg = RouteConfig(
+        map_type=map_type,
+        map_path=Path(map_path),
+        relay_listen=relay_listen(t, listen),
+        probe_interval=t.get_duration("probe_interval", 60.0),
+        recover_after=t.get_int("recover_after", 3, minimum=1),
+        probe_port=t.get_int("probe_port", 25, minimum=1),
+        probe_timeout=t.get_duration("probe_timeout", 30.0),
+        probe_helo=t.get_str("probe_helo", None),
+    )
+    if cfg.probe_interval < MIN_INTERVAL:
+        raise t.error("probe_interval", f"must be at least {MIN_INTERVAL:g}s")
+    t.finish()
+    return cfg
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def relay_listen(t: Table, text: str) -> tuple[str, str, int]:
+    """("unix", path, 0) or ("inet", host, port); only loopback: never an open relay."""
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not Path(path).is_absolute():
+            raise t.error("relay_listen", f"a unix socket needs an absolute path, got {text!r}")
+        return "unix", path, 0
+    host, port = host_port(t, "relay_listen", text.removeprefix("inet:"))
+    if not is_loopback(host):
+        raise t.error(
+            "relay_listen",
+            f"must be a loopback address or unix:/path (never an open relay), got {text!r}",
+        )
+    return "inet", host, port
 
 
 def host_port(t: Table, key: str, text: str) -> tuple[str, int]:

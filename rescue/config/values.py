@@ -162,6 +162,40 @@ class DiagnoseConfig:
     ns_port: int = 53
 
 
+# Postfix lookup table types that postmap builds into one database file beside the source
+# (the suffix Postfix opens for each; DB_README, LMDB_README, CDB_README).
+INDEXED_MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+DEFAULT_ROUTE_MAP = "hash:/var/lib/queue-rescue/route"
+DEFAULT_RELAY_LISTEN = "127.0.0.1:10026"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """The `[route]` table: route new mail around a provider the service reroutes."""
+
+    map_type: str = "hash"
+    map_path: Path = Path("/var/lib/queue-rescue/route")
+    # Where the relay endpoint listens: ("inet", host, port) speaks SMTP, ("unix", path, 0)
+    # speaks LMTP (Postfix's smtp client has no unix sockets; its lmtp client has).
+    relay_listen: tuple[str, str, int] = ("inet", "127.0.0.1", 10026)
+    probe_interval: float = 60.0
+    recover_after: int = 3
+    # The port the provider's MX listens on (25; a lab's fake provider has its own).
+    probe_port: int = 25
+    probe_timeout: float = 30.0
+    probe_helo: str | None = None  # None: the host's name, as Postfix's smtp_helo_name
+
+    @property
+    def map(self) -> str:
+        return f"{self.map_type}:{self.map_path}"
+
+    @property
+    def database(self) -> Path:
+        """The file Postfix opens (the source plus its type's suffix)."""
+        suffix = INDEXED_MAP_SUFFIXES[self.map_type]
+        return self.map_path.with_name(self.map_path.name + suffix)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole file. Looking (scan, providers, check) needs none of it; sending does."""
@@ -177,6 +211,7 @@ class Config:
     dns: DnsConfig
     service: ServiceConfig = ServiceConfig()
     diagnose: DiagnoseConfig = DiagnoseConfig()
+    route: RouteConfig | None = None  # None: no [route] table, nothing is routed
     # False: there is no file at `path`; every value is its default.
     from_file: bool = True
 

@@ -11,50 +11,48 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import functools
 import inspect
 import itertools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import replace
+from typing import TypeVar
 
 from rescue.aio import outcome_of
 from rescue.errors import (
     DeliveryError,
     JournalError,
     PostfixError,
-    PostsuperFailed,
     QueueFileError,
     RescueError,
 )
 from rescue.flush import holding
+from rescue.flush.plan import (
+    FAILED,
+    SKIPPED_ACTION,
+    EnvelopeReader,
+    Item,
+    Outcome,
+    Summary,
+    batched,
+    chain,
+    outcome_of_item,
+    plan,
+)
 from rescue.flush.prefetch import Prefetcher
-from rescue.journal.store import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
+from rescue.flush.settle import Settling
+from rescue.journal.store import ACCEPTED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
 from rescue.postfix.queue import MailQueue
 from rescue.smarthost.pool import Dispatcher
 from rescue.smarthost.session import Accepted, AcceptedWhileCancelled
 from rescue.srs.rewriter import SrsRewriter
-from rescue.tally import Tally
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-REROUTED = "rerouted"
-WOULD_REROUTE = "would-reroute"
-RELEASED_ACTION = "released"
-FAILED = "failed"
-SKIPPED_ACTION = "skipped"
-ACTIONS = (REROUTED, WOULD_REROUTE, RELEASED_ACTION, FAILED, SKIPPED_ACTION)
-
-# Settle (delete accepted, release refused) this often, so a long flush gives
-# mail back to Postfix as it goes, not only at the end.
-SETTLE_INTERVAL = 0.5
-# A selection is held this many messages at a time (one postsuper call each).
-BATCH_SIZE = 500
 # `sending` is journaled for this many messages at a time (see Flush._claim).
 CLAIM_AHEAD = 16
 # Below this many messages (in the first batch) a helper process to read queue files
@@ -64,132 +62,7 @@ PREFETCH_FROM = 200
 QUEUED_AHEAD = 500
 
 
-async def _batched(selection: Sequence[Selected]) -> AsyncIterator[Sequence[Selected]]:
-    """A list as the batches a flush takes; oldest first, as given."""
-    for start in range(0, len(selection), BATCH_SIZE):
-        yield selection[start : start + BATCH_SIZE]
-
-
-async def _chain(
-    first: Sequence[Selected], rest: AsyncIterator[Sequence[Selected]]
-) -> AsyncIterator[Sequence[Selected]]:
-    yield first
-    async for batch in rest:
-        yield batch
-
-
-class EnvelopeReader(Protocol):
-    def __call__(self, queue_id: str) -> Envelope: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one selected message; one JSON line in --json output."""
-
-    queue_id: str
-    action: str
-    sender: str
-    envelope_sender: str | None
-    recipients: tuple[str, ...]
-    provider: str | None
-    smarthost: str | None = None
-    reply: str | None = None
-    detail: str = ""
-    uncertain: bool = False
-    arrival_time: int = 0
-    reason: str | None = None
-
-
-@dataclass
-class Summary(Tally):
-    actions = ACTIONS
-    done = (REROUTED, WOULD_REROUTE)
-
-    uncertain: int = 0
-
-    def add(self, outcome: Outcome) -> None:
-        self.count(outcome.action)
-        self.uncertain += outcome.uncertain
-
-    def as_dict(self) -> dict[str, object]:
-        rate = self.counts[REROUTED] / self.elapsed if self.elapsed > 0 else 0.0
-        return {
-            **super().as_dict(),
-            "uncertain": self.uncertain,
-            "messages_per_second": round(rate, 1),
-        }
-
-
-@dataclass(slots=True)
-class _Item:
-    selected: Selected
-    envelope_sender: str
-    smarthost: str | None = None
-    reply: str | None = None
-    detail: str = ""
-    uncertain: bool = False
-    recipients: tuple[str, ...] = ()
-    broken: bool = False  # could not be read: reported as failed once released
-    claimed: bool = False  # its `sending` is in the journal
-    accepted: bool = False  # a smarthost took it: it is deleted, never released
-
-    @property
-    def queue_id(self) -> str:
-        return self.selected.message.queue_id
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.selected.message.key, self.selected.message.queue_id)
-
-
-def _outcome(item: _Item, action: str) -> Outcome:
-    message = item.selected.message
-    return Outcome(
-        queue_id=message.queue_id,
-        action=action,
-        sender=message.sender,
-        envelope_sender=item.envelope_sender,
-        recipients=item.recipients or tuple(r.address for r in message.recipients),
-        provider=item.selected.provider,
-        smarthost=item.smarthost,
-        reply=item.reply,
-        detail=item.detail,
-        uncertain=item.uncertain,
-        arrival_time=message.arrival_time,
-        reason=item.selected.reason_matched,
-    )
-
-
-def plan(
-    selection: Sequence[Selected], forward: Callable[[str], str], primary: str
-) -> tuple[list[_Item], list[_Item]]:
-    """Rewrite each sender with SRS (`forward`): (ready to send, cannot be rewritten)."""
-    ready, broken = [], []
-    for selected in selection:
-        try:
-            sender = forward(selected.message.sender)
-        except RescueError as exc:
-            broken.append(_Item(selected, "", detail=f"cannot rewrite sender: {exc}"))
-            continue
-        ready.append(_Item(selected, sender, smarthost=primary))
-    return ready, broken
-
-
-def dry_run(
-    selection: Sequence[Selected], srs: SrsRewriter, primary: str, report: Callable[[Outcome], None]
-) -> Summary:
-    """What a flush would do, message by message; changes nothing (not even a hold)."""
-    summary = Summary()
-    ready, broken = plan(selection, functools.cache(srs.forward), primary)
-    for item, action in [(i, FAILED) for i in broken] + [(i, WOULD_REROUTE) for i in ready]:
-        outcome = _outcome(item, action)
-        summary.add(outcome)
-        report(outcome)
-    summary.elapsed = time.monotonic() - summary.started
-    return summary
-
-
-class Flush:
+class Flush(Settling):
     """One flush of a selection; `report` is called once per selected message."""
 
     def __init__(
@@ -218,16 +91,16 @@ class Flush:
         self._report_cb = report
         self._primary = primary
         self.summary = Summary()
-        self._open: dict[str, _Item] = {}  # held by us, not yet settled
-        self._accepted: list[_Item] = []
-        self._refused: list[_Item] = []
+        self._open: dict[str, Item] = {}  # held by us, not yet settled
+        self._accepted: list[Item] = []
+        self._refused: list[Item] = []
         # A queue file read is a few microseconds; postcat is two process starts.
         self._read_in_thread = read_in_thread
         # The queue directory, when held messages' files may be read ahead by a helper.
         self._prefetch_from = prefetch_from
         self._prefetcher: Prefetcher | None = None
         self._senders: dict[str, str] = {}  # SRS address of each sender, made once a run
-        self._todo: collections.deque[_Item] = collections.deque()  # held, not yet sent
+        self._todo: collections.deque[Item] = collections.deque()  # held, not yet sent
         self._fed = False  # every batch has been taken
         self._arrived = asyncio.Event()  # more in _todo, or _fed
         self._room = asyncio.Event()  # _todo is short enough for the next batch
@@ -246,8 +119,8 @@ class Flush:
 
     # --- planning (no change to the queue) --------------------------------------------
 
-    def _report(self, item: _Item, action: str) -> None:
-        outcome = _outcome(item, action)
+    def _report(self, item: Item, action: str) -> None:
+        outcome = outcome_of_item(item, action)
         self.summary.add(outcome)
         try:
             self._report_cb(outcome)
@@ -256,7 +129,7 @@ class Flush:
                 log.error("cannot report outcomes any more (%r); the flush goes on", exc)
             self._report_failed = True
 
-    def _plan(self, selection: Sequence[Selected]) -> list[_Item]:
+    def _plan(self, selection: Sequence[Selected]) -> list[Item]:
         # The run's cache: a backlog has many messages from few senders.
         ready, broken = plan(selection, self._forward, self._primary)
         for item in broken:
@@ -274,7 +147,7 @@ class Flush:
         Batches are held one at a time, while the messages held before are being
         sent; memory holds a few batches, not the queue.
         """
-        batches = selection if isinstance(selection, AsyncIterable) else _batched(selection)
+        batches = selection if isinstance(selection, AsyncIterable) else batched(selection)
         try:
             await self._flush(aiter(batches))
         finally:
@@ -310,7 +183,7 @@ class Flush:
         )
         try:
             with self._journal.writing_behind():
-                await self._feed_and_send(_chain(first, batches))
+                await self._feed_and_send(chain(first, batches))
         finally:
             self._commands.shutdown(wait=True)  # a postsuper call in progress ends first
             self._commands = None
@@ -422,7 +295,7 @@ class Flush:
         if cancelled:
             raise asyncio.CancelledError
 
-    def _queue_held(self, items: list[_Item], held_ids: set[str]) -> None:
+    def _queue_held(self, items: list[Item], held_ids: set[str]) -> None:
         # Known as held before anything else can fail: then the closing settle releases it.
         self._open.update((i.queue_id, i) for i in items if i.queue_id in held_ids)
         held, gone = holding.end_hold(self._journal, items, held_ids)
@@ -461,7 +334,7 @@ class Flush:
                 item.broken = True
                 self._refused.append(item)
 
-    def _claim(self, item: _Item, todo: collections.deque[_Item]) -> None:
+    def _claim(self, item: Item, todo: collections.deque[Item]) -> None:
         """Journal `sending` for this message and the next few, in one transaction.
 
         One write for CLAIM_AHEAD messages instead of one each: after a crash a few
@@ -490,7 +363,7 @@ class Flush:
             envelope = await read if inspect.isawaitable(read) else read
         return envelope
 
-    async def _send_one(self, item: _Item) -> None:
+    async def _send_one(self, item: Item) -> None:
         qid = item.queue_id
         try:
             envelope = await self._held_envelope(qid)
@@ -550,7 +423,7 @@ class Flush:
             return
         self._took(item, accepted)
 
-    def _accepted_now(self, item: _Item, accepted: Accepted) -> None:
+    def _accepted_now(self, item: Item, accepted: Accepted) -> None:
         """The smarthost's 250 was just read: journal it before anything else happens.
 
         From now on the message is deleted, never given back (see Journal.record:
@@ -569,7 +442,7 @@ class Flush:
                 "%s: journal: %s; deleting the accepted message all the same", item.queue_id, exc
             )
 
-    def _took(self, item: _Item, accepted: Accepted) -> None:
+    def _took(self, item: Item, accepted: Accepted) -> None:
         """A smarthost accepted the message: from now on it is deleted, never given back."""
         self._accepted_now(item, accepted)
         log.info(
@@ -586,124 +459,3 @@ class Flush:
         if forwarded is None:
             forwarded = self._senders[sender] = self._srs.forward(sender)
         return forwarded
-
-    async def _settle_periodically(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SETTLE_INTERVAL)
-            await self._settle_async()
-
-    async def _settle_async(self) -> None:
-        """As _settle, with Postfix's commands in a thread: the SMTP sessions go on."""
-        # Each postsuper call is seen through to its result also when the flush is
-        # cancelled meanwhile: what it deleted or released must be known.
-        accepted, self._accepted = self._accepted, []
-        refused, self._refused = self._refused, []
-        cancelled = False
-        if accepted:
-            _, cancelled = await outcome_of(self._in_thread(self._sync_journal))
-            deleted, stopped = await outcome_of(self._in_thread(self._queue_op, "delete", accepted))
-            self._after_delete(accepted, *deleted)
-            cancelled = cancelled or stopped
-        if refused:
-            released, stopped = await outcome_of(
-                self._in_thread(self._queue_op, "release", refused)
-            )
-            self._after_release(refused, *released)
-            cancelled = cancelled or stopped
-        if cancelled:
-            raise asyncio.CancelledError
-
-    def _in_thread(self, call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run a blocking call (postsuper, fsync) in the flush's command threads."""
-        return asyncio.get_running_loop().run_in_executor(self._commands, call, *args)
-
-    def _settle(self, *, last_try: bool = False) -> None:
-        """Delete what smarthosts accepted, release what they did not (batched)."""
-        accepted, self._accepted = self._accepted, []
-        refused, self._refused = self._refused, []
-        if accepted:
-            self._sync_journal()
-            self._after_delete(accepted, *self._queue_op("delete", accepted), last_try=last_try)
-        if refused:
-            self._after_release(refused, *self._queue_op("release", refused), last_try=last_try)
-
-    def _sync_journal(self) -> None:
-        """ "accepted" is on disk before the message leaves Postfix.
-
-        If the journal itself fails, the accepted messages are still deleted: the
-        smarthost has them, and giving them back to Postfix would send them twice.
-        """
-        try:
-            self._journal.sync()
-        except JournalError as exc:
-            log.error("journal: %s; deleting the accepted messages all the same", exc)
-
-    def _note(self, keys: list[tuple[str, str]], state: str, detail: str | None = None) -> None:
-        """Journal the settled state; a journal failure here must not stop the settling."""
-        try:
-            self._journal.record(keys, state, detail=detail)
-        except JournalError as exc:
-            log.error("journal: %s; the next run's recovery puts it right", exc)
-
-    def _queue_op(self, operation: str, items: list[_Item]) -> tuple[set[str], bool]:
-        """Run the queue's delete or release for these items: (what it did, whether
-        postsuper finished; if not, an id it did not report may or may not be done)."""
-        act = self._queue.delete if operation == "delete" else self._queue.release
-        try:
-            return act(i.queue_id for i in items), True
-        except PostsuperFailed as exc:
-            log.error("could not %s all %d messages: %s", operation, len(items), exc)
-            return set(exc.done), False
-        except RescueError as exc:
-            log.error("could not %s %d messages: %s", operation, len(items), exc)
-            return set(), False
-
-    def _retry_later(self, items: list[_Item], done: set[str], finished: bool) -> list[_Item]:
-        """The items to settle now; after a postsuper that failed, those it did not
-        report stay open (on hold, maybe): the flush's closing settle tries them again."""
-        if finished:
-            return items
-        for item in items:
-            if item.queue_id not in done:
-                log.warning("%s: not reported by postsuper; tried again", item.queue_id)
-        return [i for i in items if i.queue_id in done]
-
-    def _after_delete(
-        self, items: list[_Item], deleted: set[str], finished: bool, *, last_try: bool = False
-    ) -> None:
-        if not last_try:
-            items = self._retry_later(items, deleted, finished)
-        self._note([i.key for i in items if i.queue_id in deleted], DELETED)
-        for item in items:
-            self._open.pop(item.queue_id, None)
-            if item.queue_id not in deleted:
-                item.detail = "accepted, but still on hold: the next run deletes it"
-                log.error("%s: %s", item.queue_id, item.detail)
-                if not finished:
-                    self.left_on_hold.append(item.queue_id)
-            self._report(item, REROUTED)
-
-    def _after_release(
-        self, items: list[_Item], released: set[str], finished: bool, *, last_try: bool = False
-    ) -> None:
-        if not last_try:
-            items = self._retry_later(items, released, finished)
-        by_reason: dict[str, list[tuple[str, str]]] = {}
-        for item in items:
-            if item.queue_id in released:
-                by_reason.setdefault(item.detail or "released", []).append(item.key)
-        for reason, keys in by_reason.items():  # `status` shows why each was released
-            self._note(keys, RELEASED, reason)
-        for item in items:
-            self._open.pop(item.queue_id, None)
-            self._given_back.add(item.queue_id)
-            if item.queue_id in released:
-                log.info("%s: released to Postfix: %s", item.queue_id, item.detail)
-                self._report(item, FAILED if item.broken else RELEASED_ACTION)
-            else:
-                item.detail = f"{item.detail}; release failed: the next run releases it"
-                log.error("%s: %s", item.queue_id, item.detail)
-                if not finished:
-                    self.left_on_hold.append(item.queue_id)
-                self._report(item, FAILED)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rescue.errors import PostfixError, PostsuperFailed, QueueFileError, RescueError
 from rescue.flush import holding
-from rescue.flush.core import EnvelopeReader
+from rescue.flush.plan import EnvelopeReader
 from rescue.journal.store import (
     ACCEPTED,
     DELETED,

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from rescue.errors import PostsuperFailed
-from rescue.journal.store import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Entry, Journal
+from rescue.journal.rows import Entry
+from rescue.journal.store import ACCEPTED, DELETED, RELEASED, SENDING, SKIPPED, Journal
 from rescue.model import QueuedMessage
 from rescue.postfix.queue import MailQueue
 

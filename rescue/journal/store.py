@@ -26,10 +26,21 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import JournalError
+from rescue.journal.rows import (
+    CACHE_SIZE,
+    SCHEMA,
+    SELECT,
+    UPSERT,
+    UPSERT_COLUMNS,
+    Entry,
+    Event,
+    Run,
+    entry_of,
+    event_of,
+)
 from rescue.journal.writer import BackgroundWriter
 
 log = logging.getLogger(__name__)
@@ -43,103 +54,8 @@ RELEASED = "released"
 SKIPPED = "skipped"
 FINAL_STATES = frozenset({DELETED, RELEASED, SKIPPED})
 OPEN_STATES = frozenset({HOLDING, HELD, SENDING, ACCEPTED})
-
-# SQLite's page cache per connection (KiB): rows are found by key, so a small cache
-# does; the default (2 MiB each for this connection and the writer's) would fill up
-# as the journal grows and make a long flush's memory grow with it.
-CACHE_SIZE = "PRAGMA cache_size=-512"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id     INTEGER PRIMARY KEY,
-    command    TEXT NOT NULL,
-    pid        INTEGER NOT NULL,
-    started    REAL NOT NULL,
-    ended      REAL,
-    summary    TEXT
-);
-CREATE TABLE IF NOT EXISTS messages (
-    key        TEXT PRIMARY KEY,
-    queue_id   TEXT NOT NULL,
-    run_id     INTEGER NOT NULL,
-    state      TEXT NOT NULL,
-    provider   TEXT,
-    sender     TEXT,
-    recipients TEXT,
-    smarthost  TEXT,
-    reply      TEXT,
-    detail     TEXT,
-    updated    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_state ON messages(state);
-CREATE INDEX IF NOT EXISTS messages_updated ON messages(updated);
-CREATE TABLE IF NOT EXISTS events (
-    id         INTEGER PRIMARY KEY,
-    key        TEXT NOT NULL,
-    queue_id   TEXT NOT NULL,
-    run_id     INTEGER NOT NULL,
-    state      TEXT NOT NULL,
-    smarthost  TEXT,
-    reply      TEXT,
-    detail     TEXT,
-    at         REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_at ON events(at);
--- Every state a message passes through is kept as an event (what `status` shows),
--- written by SQLite itself in the same statement, so a step costs one write.
-CREATE TRIGGER IF NOT EXISTS messages_inserted AFTER INSERT ON messages BEGIN
-    INSERT INTO events(key, queue_id, run_id, state, smarthost, reply, detail, at)
-    VALUES (NEW.key, NEW.queue_id, NEW.run_id, NEW.state, NEW.smarthost, NEW.reply,
-            NEW.detail, NEW.updated);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_updated AFTER UPDATE ON messages BEGIN
-    INSERT INTO events(key, queue_id, run_id, state, smarthost, reply, detail, at)
-    VALUES (NEW.key, NEW.queue_id, NEW.run_id, NEW.state, NEW.smarthost, NEW.reply,
-            NEW.detail, NEW.updated);
-END;
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    key: str
-    queue_id: str
-    run_id: int
-    state: str
-    provider: str | None
-    sender: str | None
-    recipients: tuple[str, ...]
-    smarthost: str | None
-    reply: str | None
-    detail: str | None
-    updated: float
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One state change of a message, with what the journal knows of the message."""
-
-    at: float
-    key: str
-    queue_id: str
-    state: str
-    provider: str | None
-    sender: str | None
-    recipients: tuple[str, ...]
-    smarthost: str | None
-    reply: str | None
-    detail: str | None
-    command: str | None  # of the run that did it: "flush", "run" (the service)
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    run_id: int
-    command: str
-    pid: int
-    started: float
-    ended: float | None
-    summary: dict[str, int]
+# Open states in the order a message passes through them (see replay_steps).
+STEP_ORDER = (HOLDING, HELD, SENDING, ACCEPTED)
 
 
 class Journal:
@@ -168,7 +84,7 @@ class Journal:
             # sync() is for: it runs before every step that cannot be undone.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(CACHE_SIZE)
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         self.run_id = 0
@@ -188,7 +104,7 @@ class Journal:
         For the flush's busy part: the event loop goes on while SQLite writes.
         sync() and leaving the block wait until everything is committed.
         """
-        self._writer = BackgroundWriter(self.path, _UPSERT, [CACHE_SIZE])
+        self._writer = BackgroundWriter(self.path, UPSERT, [CACHE_SIZE])
         try:
             yield
         finally:
@@ -213,19 +129,24 @@ class Journal:
         """
         if self._writer is not None:
             self._writer.drain()
-        for suffix in ("-wal", ""):
-            try:
-                fd = os.open(f"{self.path}{suffix}", os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise JournalError(f"journal {self.path}{suffix}: {exc}") from exc
-            try:
-                self._fsync(fd)
-            except OSError as exc:
-                raise JournalError(f"journal {self.path}{suffix}: fsync: {exc}") from exc
-            finally:
-                os.close(fd)
+        # Only the WAL, where committed steps live until a checkpoint (which syncs the
+        # database file itself). Never open and close the database file here: closing any
+        # descriptor of it drops every POSIX lock this process holds on it, SQLite's
+        # included; another process closing its connection would then take this one for
+        # gone, checkpoint and delete the WAL, and our later commits would go to a WAL
+        # file no other process sees.
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise JournalError(f"journal {self.path}-wal: {exc}") from exc
+        try:
+            self._fsync(fd)
+        except OSError as exc:
+            raise JournalError(f"journal {self.path}-wal: fsync: {exc}") from exc
+        finally:
+            os.close(fd)
 
     # --- the side file of `sending` and `accepted` ---------------------------------------
 
@@ -279,20 +200,20 @@ class Journal:
                 row = json.loads(line)
             except ValueError:  # a line cut short by the crash: its write never returned
                 continue
-            if isinstance(row, list) and len(row) == len(_UPSERT_COLUMNS):
+            if isinstance(row, list) and len(row) == len(UPSERT_COLUMNS):
                 rows.append(tuple(row))
         current = {e.key: e for e in self.unfinished()}
         due: dict[str, tuple[object, ...]] = {}
         for row in rows:  # in the order written: the furthest step of each message wins
             entry = current.get(str(row[0]))
-            if entry is None or entry.run_id != row[2] or row[3] not in _STEP_ORDER:
+            if entry is None or entry.run_id != row[2] or row[3] not in STEP_ORDER:
                 continue
             reached = due.get(entry.key, (None, None, None, entry.state))[3]
-            if _STEP_ORDER.index(str(row[3])) > _STEP_ORDER.index(str(reached)):
+            if STEP_ORDER.index(str(row[3])) > STEP_ORDER.index(str(reached)):
                 due[entry.key] = row
         if due:
             with self._transaction() as db:
-                db.executemany(_UPSERT, list(due.values()))
+                db.executemany(UPSERT, list(due.values()))
         try:
             self.sync()
         except JournalError as exc:
@@ -391,12 +312,12 @@ class Journal:
         if len(values) == 1:
             # One statement is its own transaction (autocommit).
             try:
-                self._db.execute(_UPSERT, values[0])
+                self._db.execute(UPSERT, values[0])
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self.path}: {exc}") from exc
             return
         with self._transaction() as db:
-            db.executemany(_UPSERT, values)
+            db.executemany(UPSERT, values)
 
     def start(self, rows: Iterable[tuple[tuple[str, str], str | None, str, list[str]]]) -> None:
         """Record messages about to be held: ((key, queue_id), provider, sender, recipients)."""
@@ -419,8 +340,8 @@ class Journal:
             )
 
     def get(self, key: str) -> Entry | None:
-        row = self._db.execute(_SELECT + " WHERE key = ?", (key,)).fetchone()
-        return _entry(row) if row else None
+        row = self._db.execute(SELECT + " WHERE key = ?", (key,)).fetchone()
+        return entry_of(row) if row else None
 
     def states(self, keys: Iterable[str]) -> dict[str, str]:
         """The current state of each of these keys the journal knows."""
@@ -440,16 +361,16 @@ class Journal:
         """Messages a previous run left in a non-final state (recovery's work list)."""
         marks = ",".join("?" * len(OPEN_STATES))
         rows = self._db.execute(
-            _SELECT + f" WHERE state IN ({marks}) ORDER BY updated",
+            SELECT + f" WHERE state IN ({marks}) ORDER BY updated",
             tuple(sorted(OPEN_STATES)),
         ).fetchall()
-        return [_entry(r) for r in rows]
+        return [entry_of(r) for r in rows]
 
     def recent(self, since: float) -> list[Entry]:
         rows = self._db.execute(
-            _SELECT + " WHERE updated >= ? ORDER BY updated", (since,)
+            SELECT + " WHERE updated >= ? ORDER BY updated", (since,)
         ).fetchall()
-        return [_entry(r) for r in rows]
+        return [entry_of(r) for r in rows]
 
     # --- reading, for the service's limits and `status` ------------------------------------
 
@@ -480,7 +401,7 @@ class Journal:
                 WHERE e.at >= ? AND e.state IN ({marks}) ORDER BY e.id""",  # noqa: S608
             (since, *wanted),
         ).fetchall()
-        return [_event(row) for row in rows]
+        return [event_of(row) for row in rows]
 
     def last_run(self, command: str) -> Run | None:
         """The latest run of this command (`run` is the service)."""
@@ -499,64 +420,3 @@ class Journal:
             ended=None if row[4] is None else float(row[4]),
             summary=json.loads(row[5]) if row[5] else {},
         )
-
-
-_UPSERT = """INSERT INTO messages(key, queue_id, run_id, state, provider, sender, recipients,
-                                  smarthost, reply, detail, updated)
-              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-              ON CONFLICT(key) DO UPDATE SET
-                run_id = excluded.run_id, state = excluded.state,
-                provider = COALESCE(excluded.provider, provider),
-                sender = COALESCE(excluded.sender, sender),
-                recipients = COALESCE(excluded.recipients, recipients),
-                smarthost = COALESCE(excluded.smarthost, smarthost),
-                reply = COALESCE(excluded.reply, reply),
-                detail = excluded.detail, updated = excluded.updated"""
-
-# Open states in the order a message passes through them (see replay_steps).
-_STEP_ORDER = (HOLDING, HELD, SENDING, ACCEPTED)
-
-_UPSERT_COLUMNS = (
-    "key", "queue_id", "run_id", "state", "provider", "sender", "recipients",
-    "smarthost", "reply", "detail", "updated",
-)  # fmt: skip
-
-_SELECT = """SELECT key, queue_id, run_id, state, provider, sender, recipients, smarthost,
-                    reply, detail, updated FROM messages"""
-
-
-def _entry(row: tuple[object, ...]) -> Entry:
-    recipients = json.loads(str(row[6])) if row[6] else []
-    return Entry(
-        key=str(row[0]),
-        queue_id=str(row[1]),
-        run_id=int(str(row[2])),
-        state=str(row[3]),
-        provider=_opt(row[4]),
-        sender=_opt(row[5]),
-        recipients=tuple(recipients),
-        smarthost=_opt(row[7]),
-        reply=_opt(row[8]),
-        detail=_opt(row[9]),
-        updated=float(str(row[10])),
-    )
-
-
-def _opt(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _event(row: tuple[object, ...]) -> Event:
-    return Event(
-        at=float(str(row[0])),
-        key=str(row[1]),
-        queue_id=str(row[2]),
-        state=str(row[3]),
-        provider=_opt(row[4]),
-        sender=_opt(row[5]),
-        recipients=tuple(json.loads(str(row[6]))) if row[6] else (),
-        smarthost=_opt(row[7]),
-        reply=_opt(row[8]),
-        detail=_opt(row[9]),
-        command=_opt(row[10]),
-    )

@@ -149,6 +149,13 @@ class Postfix:
             raise PostfixError(f"postconf -h {name} failed: " + _text(result.stderr))
         return result.stdout.decode("utf-8", "replace").strip()
 
+    def postconf_service(self, field: str) -> str:
+        """A master.cf field, e.g. "lmtp/unix/chroot" (`postconf -Fh`)."""
+        result = self._run([*self._command("postconf"), "-Fh", field])
+        if result.returncode != 0:
+            raise PostfixError(f"postconf -Fh {field} failed: " + _text(result.stderr))
+        return result.stdout.decode("utf-8", "replace").strip()
+
     def read_envelope(self, queue_id: str, *, only_in: str | None = None) -> Envelope:
         """Envelope and content through postcat (two process starts; the slow path).
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from rescue.classify.catalog import Catalog, load_catalog
@@ -21,18 +22,21 @@ from rescue.classify.dns import MxResolver
 from rescue.classify.inventory import take_inventory
 from rescue.config import Config, SmarthostConfig, load_config, sending
 from rescue.errors import JournalError, RescueError
-from rescue.flush.core import FAILED, RELEASED_ACTION, REROUTED, Flush, Outcome, Summary
+from rescue.flush.core import Flush
+from rescue.flush.plan import FAILED, RELEASED_ACTION, REROUTED, Outcome
 from rescue.journal.lock import CycleLock
 from rescue.journal.recovery import recover
 from rescue.journal.store import Journal
-from rescue.model import QueuedMessage, Selected
+from rescue.model import Classification, QueuedMessage, Selected
 from rescue.postfix.commands import Postfix
 from rescue.postfix.listing import BadLine
 from rescue.postfix.reader import HeldMessageReader
+from rescue.route.control import RouteControl, trips
 from rescue.service.autorules import (
     DAY,
     HOUR,
     LIMITS,
+    MIN_MESSAGES,
     RELEASE_BACKOFF,
     UNKNOWN_PROVIDER,
     Choice,
@@ -41,12 +45,16 @@ from rescue.service.autorules import (
     smarthost_quota,
     within_budget,
 )
+from rescue.service.cycle import Cycle, log_outcome, new_errors
 from rescue.service.metrics import NO_SMARTHOST, Metrics
+from rescue.service.routing import accepted_since, build_route, show_route
 from rescue.service.sdnotify import Notifier
 from rescue.smarthost.pool import Dispatcher
 from rescue.srs.rewriter import SrsRewriter
 
 log = logging.getLogger(__name__)
+# Seconds the relay endpoint waits for transactions in flight when the service stops.
+RELAY_GRACE = 10.0
 
 # How often a long-running service forgets settled messages older than [journal] keep.
 PRUNE_EVERY = 3600.0
@@ -75,61 +83,6 @@ class _Parts:
 
 def _listing(postfix: Postfix) -> list[QueuedMessage | BadLine]:
     return list(postfix.listing())
-
-
-def _rcpts(outcome: Outcome) -> str:
-    return ",".join(outcome.recipients) or "-"
-
-
-def log_outcome(outcome: Outcome) -> None:
-    """One line per message the service acted on: id, provider, recipients, smarthost, reply."""
-    o = outcome
-    if o.action == REROUTED:
-        log.info(
-            "%s: rerouted: provider %s, to %s via %s: %s",
-            o.queue_id,
-            o.provider,
-            _rcpts(o),
-            o.smarthost,
-            o.reply,
-        )
-    else:
-        log.log(
-            logging.WARNING if o.action == FAILED else logging.INFO,
-            "%s: %s: provider %s, to %s, via %s: %s",
-            o.queue_id,
-            o.action,
-            o.provider,
-            _rcpts(o),
-            o.smarthost or "-",
-            o.detail,
-        )
-
-
-@dataclass
-class _Cycle:
-    """What one cycle did, for the status line, the metrics and the run's totals."""
-
-    deferred: int = 0
-    summary: Summary = field(default_factory=Summary)
-    held_back: int = 0
-    error: str | None = None
-    # Who had the queue when this cycle was due (a flush by hand): the cycle was skipped.
-    skipped_for: str | None = None
-
-    def summary_line(self) -> str:
-        c = self.summary.counts
-        return (
-            f"{self.deferred} deferred, {c[REROUTED]} rerouted, {c[RELEASED_ACTION]} released, "
-            f"{c[FAILED]} failed, {self.held_back} held back"
-        )
-
-    def status(self) -> str:
-        if self.skipped_for is not None:
-            return f"cycle {time.strftime('%H:%M:%S')} skipped: the queue is {self.skipped_for}"
-        if self.error is not None:
-            return f"last cycle failed: {self.error}"
-        return f"last cycle {time.strftime('%H:%M:%S')}: {self.summary_line()}"
 
 
 class Service:
@@ -161,6 +114,8 @@ class Service:
         self._reload_asked = False
         self._parts = _Parts(cfg)
         metrics.quotas(cfg.smarthosts)
+        self._route: RouteControl | None = None
+        self._probes: asyncio.Task[None] | None = None
         self.totals: collections.Counter[str] = collections.Counter()
 
     # --- signals ----------------------------------------------------------------------------
@@ -192,6 +147,7 @@ class Service:
             return
         self._cfg, self._parts = new, parts
         self._metrics.quotas(new.smarthosts)
+        self._reload_route(old, new)
         log.info("reloaded %s", new.path)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -207,9 +163,11 @@ class Service:
         try:
             journal.begin_run("run", os.getpid(), keep=self._cfg.journal.keep)
             self._log_start()
+            await self._start_route(journal)
             await self._loop(journal)
             journal.end_run(dict(self.totals))
         finally:
+            await self._stop_route()
             journal.close()
             if watchdog is not None:
                 watchdog.cancel()
@@ -240,7 +198,7 @@ class Service:
             holder = self._lock.take() if self._lock is not None else None
             if holder is not None:
                 log.info("a flush by hand has the queue (%s): this cycle is skipped", holder)
-                cycle = _Cycle(skipped_for=f"held by {holder}")
+                cycle = Cycle(skipped_for=f"held by {holder}")
             else:
                 try:
                     if started - pruned >= PRUNE_EVERY:
@@ -283,13 +241,13 @@ class Service:
                 waiter.cancel()
         self._wake.clear()
 
-    async def _guarded(self, journal: Journal) -> _Cycle:
+    async def _guarded(self, journal: Journal) -> Cycle:
         """One cycle; its errors are logged and it is tried again next interval.
 
         SIGTERM cancels it: the flush then gives what it holds back to Postfix.
         Without the journal nothing is safe, so a JournalError ends the service.
         """
-        cycle = _Cycle()
+        cycle = Cycle()
         task = asyncio.create_task(self._cycle(journal, cycle))
         stopped = asyncio.create_task(self._stop.wait())
         try:
@@ -320,7 +278,7 @@ class Service:
             cycle.error = f"unexpected error: {exc!r}"
         return cycle
 
-    async def _cycle(self, journal: Journal, cycle: _Cycle) -> None:
+    async def _cycle(self, journal: Journal, cycle: Cycle) -> None:
         cfg, parts = self._cfg, self._parts
         started = time.monotonic()
         postfix = Postfix(cfg.postfix)
@@ -348,12 +306,13 @@ class Service:
         )
         quota = smarthost_quota(
             cfg.smarthosts,
-            journal.accepted_since(now - HOUR),
-            journal.accepted_since(now - DAY),
+            self._accepted_since(journal, now - HOUR),
+            self._accepted_since(journal, now - DAY),
             len(choice.selection),
         )
         choice = within_budget(choice, quota.budget)
         self._report_held(choice, quota)
+        self._route_cycle(inventory.messages, inventory.classes, choice, cycle)
         cycle.deferred = sum(1 for m in inventory.messages if m.queue_name == "deferred")
         cycle.held_back = sum(choice.held_back.values())
         self._metrics.deferred(choice.deferred)
@@ -364,6 +323,77 @@ class Service:
         self.totals.update(cycle.summary.counts)
         self._metrics.last_cycle.set(time.time())
         self._metrics.last_cycle_duration.set(time.monotonic() - started)
+
+    # --- routing (issue 16): new mail around a provider in trouble -------------------------
+
+    async def _start_route(self, journal: Journal) -> None:
+        """With [route]: rebuild the table from the journal, listen, start probing."""
+        self._route = build_route(
+            self._cfg,
+            journal=journal,
+            catalog=self._parts.catalog,
+            srs=self._parts.srs,
+            metrics=self._metrics,
+            clock=time.time,
+        )
+        if self._route is not None:
+            await self._route.start()
+            show_route(self._route.view, self._metrics)
+            self._probes = asyncio.create_task(self._probe_loop(self._route))
+
+    async def _probe_loop(self, route: RouteControl) -> None:
+        while not self._stop.is_set():
+            try:
+                await route.probe_once()
+            except RescueError as exc:
+                log.error("route: %s; probing again in %gs", exc, route.cfg.probe_interval)
+            except Exception:
+                log.exception("route: unexpected error while probing (a bug); probing goes on")
+            show_route(route.view, self._metrics)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), route.cfg.probe_interval)
+
+    async def _stop_route(self) -> None:
+        """Empty the table (Postfix routes as before), then close the relay endpoint."""
+        if self._probes is not None:
+            self._probes.cancel()
+            await asyncio.wait({self._probes})
+        if self._route is not None:
+            # Transactions in flight get what is left of the unit's TimeoutStopSec (60s)
+            # after a cycle's stop_timeout (at most 45s): Postfix keeps any it cuts.
+            await self._route.stop(grace=min(self._cfg.service.stop_timeout / 2, RELAY_GRACE))
+            self._route.store.close()
+
+    def _reload_route(self, old: Config, new: Config) -> None:
+        """The providers' domains follow a reload; the relay's setup takes a restart."""
+        changed = (new.route, new.smarthosts, new.srs) != (old.route, old.smarthosts, old.srs)
+        if changed and (self._route is not None or new.route is not None):
+            log.warning("reload: routing keeps its [route], smarthosts and SRS until a restart")
+        if self._route is not None:
+            self._route.catalog = self._parts.catalog
+
+    def _route_cycle(
+        self,
+        messages: Sequence[QueuedMessage],
+        classes: Mapping[str, Sequence[Classification]],
+        choice: Choice,
+        cycle: Cycle,
+    ) -> None:
+        if self._route is None:
+            return
+        selected = collections.Counter(s.provider for s in choice.selection)
+        try:
+            self._route.after_cycle(
+                messages, classes, trips(selected, choice.held_back, MIN_MESSAGES)
+            )
+        except RescueError as exc:
+            log.error("route: %s", exc)
+        cycle.route = self._route.view.status()
+        show_route(self._route.view, self._metrics)
+
+    def _accepted_since(self, journal: Journal, since: float) -> dict[str, int]:
+        """Flushed and relayed mail: the smarthosts' quotas count both."""
+        return accepted_since(journal, self._route.store if self._route else None, since)
 
     def _report_held(self, choice: Choice, quota: Quota) -> None:
         for text in quota.full:
@@ -378,7 +408,7 @@ class Service:
         postfix: Postfix,
         selection: Sequence[Selected],
         smarthosts: Sequence[SmarthostConfig],
-        cycle: _Cycle,
+        cycle: Cycle,
     ) -> None:
         parts = self._parts
         if parts.reader is None:
@@ -409,13 +439,4 @@ class Service:
         try:
             await flush.run(selection)
         finally:
-            self._metrics.errors(_new_errors(errors_before, dispatcher.error_counts()))
-
-
-def _new_errors(
-    before: Mapping[str, Mapping[str, int]], after: Mapping[str, Mapping[str, int]]
-) -> dict[str, dict[str, int]]:
-    return {
-        host: {kind: n - before.get(host, {}).get(kind, 0) for kind, n in kinds.items()}
-        for host, kinds in after.items()
-    }
+            self._metrics.errors(new_errors(errors_before, dispatcher.error_counts()))

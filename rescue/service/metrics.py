@@ -78,6 +78,35 @@ class Metrics:
         self.cycle_errors = Counter(
             "queue_rescue_cycle_errors", "Cycles that ended in an error.", registry=r
         )
+        self.route_state = Gauge(
+            "queue_rescue_route_state",
+            "1 for the provider's route state (healthy, or rerouting to the relay), else 0.",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.route_changed = Gauge(
+            "queue_rescue_route_changed_timestamp_seconds",
+            "When the provider's route state last changed (Unix time).",
+            ["provider"],
+            registry=r,
+        )
+        self.route_entries = Gauge(
+            "queue_rescue_route_table_entries",
+            "Recipient domains the route table lists.",
+            registry=r,
+        )
+        self.relayed = Counter(
+            "queue_rescue_relayed_messages",
+            "New mail the relay endpoint passed to a smarthost, which accepted it.",
+            ["provider", "smarthost"],
+            registry=r,
+        )
+        self.relay_refused = Counter(
+            "queue_rescue_relay_refused_messages",
+            "New mail the relay endpoint answered with a 4xx (Postfix keeps it).",
+            ["provider", "smarthost"],
+            registry=r,
+        )
         self._server: WSGIServer | None = None
         self._thread: Thread | None = None
 

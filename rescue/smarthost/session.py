@@ -8,7 +8,6 @@ whether it may have taken the message anyway (`uncertain`).
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from rescue.config import SmarthostConfig
 from rescue.errors import DeliveryError
 from rescue.model import Envelope
 from rescue.smarthost.replies import Reply, ReplyError, ReplyReader
+from rescue.smarthost.wire import command_line, encode_data, high_bytes, smtp_path, xtext
 
 # Stages of a session, named as Postfix names them in its own delay reasons.
 CONNECT = "connect"
@@ -38,8 +38,6 @@ SESSION_STAGES = frozenset({CONNECT, GREETING, TLS, EHLO, AUTH})
 # Waiting longer for the answer to QUIT gains nothing.
 QUIT_TIMEOUT = 5.0
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-
 
 class SessionError(DeliveryError):
     """The smarthost or the connection failed, not just this message."""
@@ -51,51 +49,6 @@ def tls_context(cfg: SmarthostConfig) -> ssl.SSLContext:
     if cfg.ca_file is not None:
         context.load_verify_locations(cafile=str(cfg.ca_file))
     return context
-
-
-def encode_data(content: bytes) -> bytes:
-    """Queued content as DATA: CRLF line ends, dot-stuffed, with the final dot.
-
-    Postfix stores lines without their CRLF; anything else in a line (a bare CR,
-    8-bit bytes) is passed on exactly as stored.
-    """
-    if content and not content.endswith(b"\n"):
-        content += b"\n"
-    return _LEADING_DOT.sub(b"..", content).replace(b"\n", b"\r\n") + b".\r\n"
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 section 4 xtext: '+', '=' and bytes outside 33..126 become +HH."""
-    out = []
-    for byte in value.encode("utf-8"):
-        if 33 <= byte <= 126 and byte not in (0x2B, 0x3D):
-            out.append(chr(byte))
-        else:
-            out.append(f"+{byte:02X}")
-    return "".join(out)
-
-
-# RFC 5321 section 4.1.2: atext, plus UTF-8 for SMTPUTF8 (RFC 6531 section 3.3).
-_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def smtp_path(address: str) -> str:
-    """An address as an SMTP path: <>, <local@domain>, or <"quoted local"@domain>.
-
-    Postfix keeps addresses unquoted (its internal form); like Postfix's own
-    client, quote the local part when it is not a dot-atom.
-    """
-    if not address:
-        return "<>"
-    if _CONTROL.search(address):
-        raise ValueError(f"address {address!r} contains control characters")
-    local, at, domain = address.rpartition("@")
-    if not at:
-        local, domain = address, ""
-    if not all(_ATOM.fullmatch(part) for part in local.split(".")):
-        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"<{local}@{domain}>" if at else f"<{local}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +226,7 @@ class Session:
             )
         if smtp.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
-        if _high_bytes(envelope.content):
+        if high_bytes(envelope.content) or (envelope.body or "").upper() == "8BITMIME":
             if not smtp.supports_extension("8bitmime"):
                 raise self._error(
                     MAIL,
@@ -337,11 +290,16 @@ class Session:
         delivered (RFC 5321 section 4.1.1.4), so nothing reaches the others.
         """
         data = encode_data(envelope.content)
-        smtputf8 = self._check_addresses([sender, *(r.address for r in envelope.recipients)])
+        addresses = [sender, *(r.address for r in envelope.recipients)]
+        smtputf8 = self._check_addresses(addresses) or envelope.smtputf8
         encoding = "utf-8" if smtputf8 else "ascii"
-        mail = _line(b"MAIL FROM:", sender, self._mail_options(envelope, data, smtputf8), encoding)
+        mail = command_line(
+            b"MAIL FROM:", sender, self._mail_options(envelope, data, smtputf8), encoding
+        )
         rcpts = [
-            _line(b"RCPT TO:", r.address, self._rcpt_options(r.orig_rcpt, r.notify), encoding)
+            command_line(
+                b"RCPT TO:", r.address, self._rcpt_options(r.orig_rcpt, r.notify), encoding
+            )
             for r in envelope.recipients
         ]
         commands = [(MAIL, mail), *((RCPT, r) for r in rcpts), (DATA, b"DATA\r\n")]
@@ -460,12 +418,6 @@ class Session:
             self._reader.close()
 
 
-def _line(verb: bytes, address: str, options: list[str], encoding: str) -> bytes:
-    """MAIL or RCPT with our own quoting (aiosmtplib's would unquote local parts)."""
-    words = [verb + smtp_path(address).encode(encoding), *(o.encode("ascii") for o in options)]
-    return b" ".join(words) + b"\r\n"
-
-
 _GOOD = {MAIL: (250,), RCPT: (250, 251), DATA: (354,)}
 
 
@@ -475,14 +427,6 @@ def _first_refusal(replies: list[tuple[str, Reply]]) -> tuple[str, Reply] | None
         if reply.code not in _GOOD[stage]:
             return stage, reply
     return None
-
-
-_ASCII = bytes(range(0x80))
-
-
-def _high_bytes(content: bytes) -> bytes:
-    """The bytes of `content` above 0x7F (empty for 7-bit content); fast in C."""
-    return content.translate(None, _ASCII)
 
 
 def _cause(exc: BaseException) -> BaseException:

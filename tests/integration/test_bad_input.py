@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.world import World, body
-from tests.lab.smtpd import Fault
+from tests.lab.faults import Fault
 from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix

@@ -34,8 +34,9 @@ from rescue.cli.providers_cmd import providers
 from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.integration.test_scan import PROVIDER_MX, dns_config
 from tests.lab.dns import DnsServer
+from tests.lab.faults import Fault
 from tests.lab.postfix import PostfixLab
-from tests.lab.smtpd import FakeProvider, Fault
+from tests.lab.smtpd import FakeProvider
 from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix

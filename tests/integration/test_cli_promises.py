@@ -19,7 +19,8 @@ from rescue.srs.rewriter import SrsRewriter
 from tests.integration.rescue_cli import SRS_DOMAIN, SRS_SECRET, smarthost_entry
 from tests.integration.world import World, body
 from tests.lab.certs import default_certs
-from tests.lab.smtpd import Fault, RecordingSmarthost
+from tests.lab.faults import Fault
+from tests.lab.smtpd import RecordingSmarthost
 
 pytestmark = pytest.mark.postfix
 

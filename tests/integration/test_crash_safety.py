@@ -23,7 +23,8 @@ from tests.integration.kill_runs import kill_runs, postsuper_running, submit_bac
 from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.integration.world import World, body
 from tests.lab import wait_for
-from tests.lab.smtpd import Fault, RecordingSmarthost
+from tests.lab.faults import Fault
+from tests.lab.smtpd import RecordingSmarthost
 from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix

@@ -13,8 +13,8 @@ import pytest
 
 from tests.integration.rescue_cli import SRS_DOMAIN
 from tests.integration.world import ACCEPTING_DOMAIN, CUSTOMER_DOMAINS, OTHER_DOMAIN, World, body
+from tests.lab.faults import Fault
 from tests.lab.postfix import PostfixLab
-from tests.lab.smtpd import Fault
 from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix

@@ -19,8 +19,9 @@ import pytest
 from tests.lab.certs import LabCerts
 from tests.lab.dns import DnsServer
 from tests.lab.errors import PostfixLabError
+from tests.lab.faults import Fault
 from tests.lab.postfix import PostfixLab
-from tests.lab.smtpd import FakeProvider, Fault, RecordingSmarthost
+from tests.lab.smtpd import FakeProvider, RecordingSmarthost
 from tests.lab.submission import Submission
 
 PROVIDER_REASON = (

@@ -26,7 +26,8 @@ import pytest
 from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.integration.world import OTHER_DOMAIN, World, body
 from tests.lab import wait_for
-from tests.lab.smtpd import Fault, RecordingSmarthost
+from tests.lab.faults import Fault
+from tests.lab.smtpd import RecordingSmarthost
 from tests.lab.submission import Submission
 from tests.lab.system import free_port
 

@@ -21,7 +21,8 @@ from tests.integration.rescue_cli import SRS_SECRET, Rescue, smarthost_entry
 from tests.integration.test_service import kunde, running, service_rescue
 from tests.integration.world import World
 from tests.lab.certs import default_certs
-from tests.lab.smtpd import Fault, RecordingSmarthost
+from tests.lab.faults import Fault
+from tests.lab.smtpd import RecordingSmarthost
 from tests.lab.system import free_port
 
 pytestmark = pytest.mark.postfix

@@ -19,7 +19,8 @@ from rescue.model import Envelope, Recipient
 from rescue.smarthost.pool import Dispatcher
 from rescue.smarthost.session import Accepted
 from tests.lab.certs import default_certs
-from tests.lab.smtpd import Fault, RecordingSmarthost
+from tests.lab.faults import Fault
+from tests.lab.smtpd import RecordingSmarthost
 from tests.lab.system import free_port
 
 FAST_RETRY = RetryConfig(attempts=3, initial_wait=0.01, max_wait=0.05)

@@ -21,8 +21,8 @@ from tests.integration.test_crash_safety import kill_hard, wrapped_commands
 from tests.integration.test_flush import queue_files
 from tests.integration.world import ACCEPTING_DOMAIN, OTHER_DOMAIN, World, body
 from tests.lab import wait_for
+from tests.lab.faults import Fault, Received
 from tests.lab.postfix import PostfixLab
-from tests.lab.smtpd import Fault, Received
 from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix

@@ -20,7 +20,8 @@ import pytest
 
 import rescue.journal.writer
 from rescue.errors import DeliveryError, JournalError, PostfixError
-from rescue.flush.core import Flush, Outcome, Summary
+from rescue.flush.core import Flush
+from rescue.flush.plan import Outcome, Summary
 from rescue.journal.recovery import recover
 from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
 from rescue.model import Envelope, QueuedMessage, Recipient, Selected

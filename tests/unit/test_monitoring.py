@@ -41,6 +41,11 @@ def exported() -> tuple[set[str], set[str]]:
     metrics.cycle_errors.inc()
     metrics.last_cycle.set(1)
     metrics.last_cycle_duration.set(1)
+    metrics.route_state.labels("ionos", "rerouting").set(1)
+    metrics.route_changed.labels("ionos").set(1)
+    metrics.route_entries.set(1)
+    metrics.relayed.labels("ionos", "relay1").inc()
+    metrics.relay_refused.labels("ionos", "relay1").inc()
     names: set[str] = set()
     labels: set[str] = set()
     for family in metrics.registry.collect():

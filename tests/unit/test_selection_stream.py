@@ -12,7 +12,7 @@ from rescue.classify.inventory import Inventory, inventory_parts, take_inventory
 from rescue.classify.select import Selectors
 from rescue.cli.flush_cmd import Chooser
 from rescue.cli.flush_report import LIST_LIMIT, FlushReporter
-from rescue.flush.core import Outcome, Summary
+from rescue.flush.plan import Outcome, Summary
 from rescue.model import Classification, QueuedMessage, Recipient
 
 IONOS = Classification(provider="ionos", classified_by="domains", reason_matched="invalid sender")

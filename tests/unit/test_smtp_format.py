@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from rescue.errors import QueueFileError
 from rescue.postfix.commands import envelope_from_postcat, notify_keywords, postcat_queue
-from rescue.smarthost.session import encode_data, xtext
+from rescue.smarthost.wire import encode_data, xtext
 
 
 def unstuff(data: bytes) -> bytes:
