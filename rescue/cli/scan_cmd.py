@@ -1,7 +1,8 @@
 """`queue-rescue scan`: what is deferred, where it wants to go, since when, and why.
 
-The listing starts first; the table's modules load while Postfix's showq reads
-the queue (most of a large scan's time).
+The listing starts first (for a plain live scan already in rescue.start, before
+the command line is parsed); the table's modules load while Postfix's showq
+reads the queue (most of a large scan's time).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import click
 
 from rescue.cli.common import load_config
 from rescue.postfix.commands import Postfix
+from rescue.start import take_listing
 
 # rescue.classify.shape.By's values, spelled out so that starting a scan does not import the shape.
 BY_CHOICES = ("provider", "domain", "reason", "sender-domain")
@@ -73,7 +75,8 @@ def scan(
     cfg = load_config(ctx)
     if spool is None:
         source = None
-        listing = Postfix(cfg.postfix).listing()  # showq starts now
+        # Started before the command line was parsed (rescue.start), or now.
+        listing = take_listing(cfg.postfix) or Postfix(cfg.postfix).listing()
     else:
         from rescue.sources.spool import SpoolQueue  # noqa: PLC0415
 
