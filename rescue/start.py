@@ -1,122 +1,114 @@
-"""The program's entry point: a live `scan` starts its queue listing before anything else.
+"""The program's entry point: a plain `scan` runs without loading the command line's libraries.
 
-Most of a large scan's time is Postfix's showq reading the queue. Starting
-`postqueue -j` as soon as the configuration is read, before the command line's
-libraries (click, rich, the classifier) are imported, lets showq work while
-they load. Everything else (parsing the command line, errors, help) is still
-the command line's: this only recognises a plain `[GLOBAL OPTIONS] scan
-[OPTIONS]` and, for anything it does not recognise, starts nothing.
-
-Kept light: only the configuration and the Postfix edge are imported here.
+Most of a scan's time is start-up (a small queue) or Postfix's showq reading the
+queue (a large one). For a plain `[GLOBAL OPTIONS] scan [OPTIONS]` this reads
+the configuration, starts `postqueue -j` at once, and imports the classifier
+while showq works, all without click (and, piped, without rich): the same
+output, errors and exit codes as the command line's scan, which runs for
+anything not recognised here (help, --spool, an option with `=`, a bad value).
 """
 
 from __future__ import annotations
 
-import atexit
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rescue.config import PostfixConfig
-    from rescue.model import QueuedMessage
-    from rescue.postfix.listing import BadLine
+    from rescue.cli.scan_run import ScanOptions
 
-    Listing = Iterator[QueuedMessage | BadLine]
+# The group's options (rescue.cli.group.cli) and scan's (rescue.cli.scan_cmd.scan).
+_CONFIG = ("--config", "-c")
+_LOG_FORMAT = "--log-format"
+_LOG_FORMATS = ("text", "json")
+_VERBOSE = {"--verbose": 1, "-v": 1, "-vv": 2, "-vvv": 3}
+_SCAN_FLAGS = {
+    "--reasons": "show_reasons",
+    "--json": "as_json",
+    "--unknown-mx": "show_unknown_mx",
+    "--no-dns": "no_dns",
+}
+_BY = "--by"
 
-# Global options that take a value, and those that take none (rescue.cli.cli).
-_GLOBAL_VALUE = ("--config", "-c", "--log-format")
-_GLOBAL_FLAGS = ("--verbose", "-v", "-vv", "-vvv")
-# scan options that take a value, and the flags under which a scan reads live Postfix.
-_SCAN_VALUE = ("--by",)
-_SCAN_FLAGS = ("--reasons", "--json", "--unknown-mx", "--no-dns")
 
-_early: tuple[PostfixConfig, Listing] | None = None
+@dataclass
+class PlainScan:
+    """A plain live scan's command line, parsed."""
+
+    config: str | None = None  # --config (or $QUEUE_RESCUE_CONFIG, as the group reads it)
+    verbose: int = 0
+    log_format: str = "text"
+    flags: dict[str, bool] = field(default_factory=dict)
+    by: str | None = None
+
+    def options(self) -> ScanOptions:
+        from rescue.cli.scan_run import ScanOptions  # noqa: PLC0415
+
+        flag = self.flags.get
+        return ScanOptions(
+            by=self.by or ScanOptions.by,
+            show_reasons=flag("show_reasons", False),
+            as_json=flag("as_json", False),
+            show_unknown_mx=flag("show_unknown_mx", False),
+            no_dns=flag("no_dns", False),
+        )
 
 
-def live_scan_config(args: Sequence[str]) -> tuple[bool, str | None]:
-    """Whether `args` are a plain live scan, and the --config value they give, if any.
+def plain_scan(args: Sequence[str]) -> PlainScan | None:
+    """The parsed arguments if they are a plain live scan; None for anything else."""
+    from rescue.cli.scan_run import BY_CHOICES  # noqa: PLC0415
 
-    Anything unexpected (help, --spool, an unknown option, a value glued on
-    with `=`) is not a plain live scan: the command line deals with it.
-    """
-    config: str | None = None
+    found = PlainScan()
     index = 0
     while index < len(args) and args[index] != "scan":
-        arg = args[index]
-        if arg in _GLOBAL_VALUE and index + 1 < len(args):
-            if arg in ("--config", "-c"):
-                config = args[index + 1]
-            index += 2
-        elif arg in _GLOBAL_FLAGS:
-            index += 1
+        arg, value = args[index], args[index + 1] if index + 1 < len(args) else None
+        if arg in _CONFIG and value is not None:
+            found.config, index = value, index + 2
+        elif arg == _LOG_FORMAT and value in _LOG_FORMATS:
+            found.log_format, index = value, index + 2
+        elif arg in _VERBOSE:
+            found.verbose, index = found.verbose + _VERBOSE[arg], index + 1
         else:
-            return False, None
+            return None
     if index == len(args):
-        return False, None
-    rest = args[index + 1 :]
-    index = 0
-    while index < len(rest):
-        arg = rest[index]
-        if arg in _SCAN_VALUE and index + 1 < len(rest):
-            index += 2
+        return None
+    index += 1
+    while index < len(args):
+        arg, value = args[index], args[index + 1] if index + 1 < len(args) else None
+        if arg == _BY and value in BY_CHOICES:
+            found.by, index = value, index + 2
         elif arg in _SCAN_FLAGS:
-            index += 1
+            found.flags[_SCAN_FLAGS[arg]], index = True, index + 1
         else:
-            return False, None
-    return True, config
+            return None
+    return found
 
 
-def start_listing(args: Sequence[str]) -> None:
-    """For a plain live scan: read the configuration and start Postfix's listing now.
+def run_plain_scan(plain: PlainScan) -> None:
+    """The scan, as the command line would run it (same logging, errors and exit codes)."""
+    from rescue.cli.boundary import fail_for, setup_logging  # noqa: PLC0415
+    from rescue.config import CONFIG_ENV, config_path, load_config  # noqa: PLC0415
 
-    A configuration that cannot be read starts nothing; the command reports it.
-    """
-    global _early  # noqa: PLW0603  (one listing per process, taken once)
-    plain, option = live_scan_config(args)
-    if not plain:
-        return
-    from rescue.config import config_path, load_config  # noqa: PLC0415
-    from rescue.errors import RescueError  # noqa: PLC0415
-    from rescue.postfix.commands import Postfix  # noqa: PLC0415
-
+    setup_logging(plain.verbose, plain.log_format)
     try:
-        cfg = load_config(config_path(option), missing_ok=option is None)
-        listing = Postfix(cfg.postfix).listing()
-    except (RescueError, OSError, ValueError):
-        return
-    _early = (cfg.postfix, listing)
-    atexit.register(_drop)
+        # As the group reads --config: the option, else the environment, else the default
+        # (which alone may be missing: then the defaults).
+        explicit = plain.config or os.environ.get(CONFIG_ENV) or None
+        cfg = load_config(config_path(explicit), missing_ok=explicit is None)
+        from rescue.cli.scan_run import run_scan  # noqa: PLC0415
 
-
-def take_listing(postfix: PostfixConfig) -> Listing | None:
-    """The listing started early, if it was started for this Postfix; once."""
-    global _early
-    early, _early = _early, None
-    if early is None:
-        return None
-    if early[0] != postfix:
-        _close(early[1])
-        return None
-    return early[1]
-
-
-def _drop() -> None:
-    """At exit: stop a listing nobody took (the command line refused the arguments)."""
-    global _early  # noqa: PLW0603
-    if _early is not None:
-        _close(_early[1])
-        _early = None
-
-
-def _close(listing: Listing) -> None:
-    close = getattr(listing, "close", None)
-    if close is not None:
-        close()
+        run_scan(cfg, plain.options())
+    except (Exception, KeyboardInterrupt) as exc:
+        fail_for(exc)
 
 
 def main() -> None:
-    start_listing(sys.argv[1:])
-    from rescue.cli import main as cli_main  # noqa: PLC0415
+    plain = plain_scan(sys.argv[1:])
+    if plain is not None:
+        run_plain_scan(plain)
+        return
+    from rescue.cli.group import main as cli_main  # noqa: PLC0415
 
     cli_main()

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 from rescue.classify.catalog import Catalog, load_catalog
 from rescue.classify.inventory import Inventory, inventory_parts
-from rescue.cli.common import run_async
 from rescue.config import Config
 from rescue.errors import PostfixError
 from rescue.model import QueuedMessage
@@ -92,9 +91,12 @@ class QueueReader:
             parts = [part async for part in self.parts(None)]
             return parts[0] if parts else Inventory()
 
-        # Without DNS nothing is waited for: no event loop (nor asyncio) is needed.
-        run = run_async if self._dns is not None else run_unwaiting
-        return QueueView(run(collect()), self.catalog, self.postfix, self.queue)
+        if self._dns is None:
+            # Without DNS nothing is waited for: no event loop (nor asyncio) is needed.
+            return QueueView(run_unwaiting(collect()), self.catalog, self.postfix, self.queue)
+        from rescue.cli.common import run_async  # noqa: PLC0415  (click: not for a plain scan)
+
+        return QueueView(run_async(collect()), self.catalog, self.postfix, self.queue)
 
 
 def run_unwaiting(coro: Coroutine[Any, Any, T]) -> T:
