@@ -1,5 +1,5 @@
 """`python -m rescue` runs the queue-rescue command line."""
 
-from rescue.cli import main
+from rescue.start import main
 
 main()

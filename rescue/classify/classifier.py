@@ -8,12 +8,15 @@ else by the DNS records of the hosts: CNAME, PTR, NS; see mxhosts), the provider
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from rescue.classify.catalog import Catalog, Provider
-from rescue.classify.dns import MxAnswer
-from rescue.classify.mxhosts import HostOwner
 from rescue.classify.reasons import reason_host
 from rescue.model import Classification, Recipient
+
+if TYPE_CHECKING:  # types only: at run time they would load asyncio and dnspython
+    from rescue.classify.dns import MxAnswer
+    from rescue.classify.mxhosts import HostOwner
 
 REASON_HOST = "reason-host"
 DNS_MX = "dns-mx"

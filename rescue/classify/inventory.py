@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import itertools
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rescue.classify.catalog import Catalog
 from rescue.classify.classifier import classify_recipient
-from rescue.classify.dns import Budget, MxAnswer, MxResolver
-from rescue.classify.mxhosts import HostOwner, HostTracer
 from rescue.classify.reasons import reason_host
 from rescue.model import Classification, QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine
+
+if TYPE_CHECKING:
+    # At run time imported only when DNS is asked (they load asyncio, ssl and dnspython:
+    # a tenth of a scan's start-up that a scan without DNS does not need).
+    from rescue.classify.dns import MxAnswer, MxResolver
+    from rescue.classify.mxhosts import HostOwner
 
 
 @dataclass(repr=False)
@@ -169,11 +173,12 @@ async def inventory_parts(
     hosts = _ReasonHosts(catalog, relays)
     answers: dict[str, MxAnswer] = {}
     owners: dict[str, HostOwner | None] = {}
-    tracer = (
-        HostTracer(resolver, catalog, Budget(resolver.host_queries))
-        if resolver is not None and resolver.host_queries > 0
-        else None
-    )
+    tracer = None
+    if resolver is not None and resolver.host_queries > 0:
+        from rescue.classify.dns import Budget  # noqa: PLC0415  (see TYPE_CHECKING above)
+        from rescue.classify.mxhosts import HostTracer  # noqa: PLC0415
+
+        tracer = HostTracer(resolver, catalog, Budget(resolver.host_queries))
     classify = _Classifier(catalog, answers, relays, owners)
     entries = iter(listing)
     first = True
@@ -185,6 +190,8 @@ async def inventory_parts(
         else:
             # Later parts in a worker thread: a flush's SMTP sessions go on meanwhile,
             # also while showq is slow to write the listing.
+            import asyncio  # noqa: PLC0415  (only a flush reads in parts; see TYPE_CHECKING)
+
             part, domains = await asyncio.to_thread(
                 _read_part, entries, size, hosts, resolver is not None
             )

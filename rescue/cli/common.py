@@ -6,28 +6,19 @@ Kept light: every start imports it. The queue inventory is in queueview.py.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import re
 import signal
-import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from rescue.cli.boundary import fail_for
 from rescue.config import Config, SrsConfig, config_path, sending
 from rescue.config import load_config as _load_config
 from rescue.config import load_srs_config as _load_srs_config
-from rescue.errors import (
-    ConfigError,
-    JournalError,
-    LockedError,
-    PostfixError,
-    RescueError,
-)
-from rescue.exitcodes import ExitCode
 
 log = logging.getLogger("rescue")
 T = TypeVar("T")
@@ -72,39 +63,6 @@ def load_srs_config(ctx: click.Context) -> SrsConfig:
     return _load_srs_config(config_path(state.config_option))
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
-            },
-            ensure_ascii=False,
-        )
-
-
-def setup_logging(verbose: int, log_format: str) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("queue-rescue: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # Library chatter (aiosmtplib, asyncio) only when asked for.
-    for name in ("asyncio", "aiosmtplib"):
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
-
-
-def fail(code: ExitCode, message: str) -> NoReturn:
-    click.echo(f"queue-rescue: error: {message}", err=True)
-    sys.exit(int(code))
-
-
 class RescueGroup(click.Group):
     """The one error boundary: known errors print one line; a bug says so.
 
@@ -131,31 +89,10 @@ class RescueGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
-            fail(ExitCode.USAGE, str(exc))
-        except LockedError as exc:
-            fail(ExitCode.LOCKED, f"another queue-rescue is running: {exc}")
-        except PostfixError as exc:
-            fail(ExitCode.POSTFIX, str(exc))
-        except JournalError as exc:
-            fail(ExitCode.SOFTWARE, str(exc))
-        except RescueError as exc:
-            fail(ExitCode.PARTIAL, str(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
-            fail(
-                ExitCode.INTERRUPTED,
-                "interrupted; every message this run held was released "
-                "(any that could not be is named above)",
-            )
-        except Exception as exc:
-            log.debug("unexpected error", exc_info=True)
-            fail(
-                ExitCode.SOFTWARE,
-                f"unexpected error (a bug, please report it): {exc!r}; "
-                "held messages were released; run with -vv for the traceback",
-            )
+        except (Exception, KeyboardInterrupt) as exc:
+            fail_for(exc)
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:

@@ -23,7 +23,8 @@ from types import FrameType
 import click
 
 from rescue.classify.select import Selectors
-from rescue.cli.common import fail, is_terminal, load_config
+from rescue.cli.boundary import fail
+from rescue.cli.common import is_terminal, load_config
 from rescue.cli.flush_cmd import FOLDER, report_recovery, select
 from rescue.cli.output import age, console, json_line, print_table, show_sender
 from rescue.cli.selectors import selector_options

@@ -20,8 +20,8 @@ import click
 
 from rescue.classify.inventory import Inventory
 from rescue.classify.select import Selectors, choose
+from rescue.cli.boundary import fail
 from rescue.cli.common import (
-    fail,
     is_terminal,
     load_config,
     run_async,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from rescue.cli.common import State, fail
+from rescue.cli.boundary import fail
+from rescue.cli.common import State
 from rescue.cli.init_template import Answers, dns_records, example_text, main_cf_lines, render
 from rescue.config import DEFAULT_PORTS, TLS_MODES, PostfixConfig, config_path
 from rescue.errors import PostfixError

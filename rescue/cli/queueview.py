@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from rescue.classify.catalog import Catalog, load_catalog
-from rescue.classify.dns import MxResolver
 from rescue.classify.inventory import Inventory, inventory_parts
-from rescue.cli.common import run_async
 from rescue.config import Config
 from rescue.errors import PostfixError
 from rescue.model import QueuedMessage
@@ -18,6 +17,7 @@ from rescue.postfix.listing import BadLine
 from rescue.postfix.queue import MailQueue
 
 log = logging.getLogger("rescue")
+T = TypeVar("T")
 
 
 def own_relays(cfg: Config, postfix: Postfix) -> tuple[str, ...]:
@@ -74,7 +74,11 @@ class QueueReader:
 
     async def parts(self, size: int | None) -> AsyncIterator[Inventory]:
         """The classified listing `size` entries at a time (None: all in one part)."""
-        resolver = MxResolver(self._dns) if self._dns is not None else None
+        resolver = None
+        if self._dns is not None:
+            from rescue.classify.dns import MxResolver  # noqa: PLC0415  (asyncio, dnspython)
+
+            resolver = MxResolver(self._dns)
         async for part in inventory_parts(self.listing, self.catalog, resolver, self.relays, size):
             if part.bad:
                 report_bad(part)
@@ -87,7 +91,23 @@ class QueueReader:
             parts = [part async for part in self.parts(None)]
             return parts[0] if parts else Inventory()
 
+        if self._dns is None:
+            # Without DNS nothing is waited for: no event loop (nor asyncio) is needed.
+            return QueueView(run_unwaiting(collect()), self.catalog, self.postfix, self.queue)
+        from rescue.cli.common import run_async  # noqa: PLC0415  (click: not for a plain scan)
+
         return QueueView(run_async(collect()), self.catalog, self.postfix, self.queue)
+
+
+def run_unwaiting(coro: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never waits for anything, run without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coro.close()
+    raise RuntimeError("the coroutine waited for something: it needs an event loop")
 
 
 def inventory_of(

@@ -1,7 +1,6 @@
 """`queue-rescue scan`: what is deferred, where it wants to go, since when, and why.
 
-The listing starts first; the table's modules load while Postfix's showq reads
-the queue (most of a large scan's time).
+The scan itself is in scan_run (a plain scan runs it without click: rescue.start).
 """
 
 from __future__ import annotations
@@ -11,10 +10,7 @@ from pathlib import Path
 import click
 
 from rescue.cli.common import load_config
-from rescue.postfix.commands import Postfix
-
-# rescue.classify.shape.By's values, spelled out so that starting a scan does not import the shape.
-BY_CHOICES = ("provider", "domain", "reason", "sender-domain")
+from rescue.cli.scan_run import BY_CHOICES, ScanOptions, run_scan
 
 
 @click.command()
@@ -71,23 +67,4 @@ def scan(
     Output is a table on a terminal and tab-separated when piped.
     """
     cfg = load_config(ctx)
-    if spool is None:
-        source = None
-        listing = Postfix(cfg.postfix).listing()  # showq starts now
-    else:
-        from rescue.sources.spool import SpoolQueue  # noqa: PLC0415
-
-        source = SpoolQueue(spool)
-        listing = source.listing()
-    from rescue.cli import scan_view  # noqa: PLC0415  (rich and the classifier: imported meanwhile)
-    from rescue.cli.queueview import inventory_of  # noqa: PLC0415
-
-    view = inventory_of(cfg, use_dns=not no_dns, source=source, listing=listing)
-    scan_view.show(
-        view,
-        by=by,
-        show_reasons=show_reasons,
-        as_json=as_json,
-        no_dns=no_dns,
-        show_unknown_mx=show_unknown_mx,
-    )
+    run_scan(cfg, ScanOptions(by, show_reasons, as_json, show_unknown_mx, no_dns, spool))

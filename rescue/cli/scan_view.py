@@ -1,16 +1,15 @@
-"""What `scan` prints: the qshape-style table, the reason table, JSON lines."""
+"""What `scan` prints: the qshape-style table, the reason table, JSON lines.
+
+rich is loaded only for a terminal: piped, the tables are tab-separated plain
+text, and a scan's start-up is the larger part of a small queue's scan.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Collection, Sequence
-from typing import Any
-
-from rich.console import Console, JustifyMethod
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rescue.classify.catalog import Catalog, KnownReason
 from rescue.classify.classifier import mixed_providers
@@ -32,11 +31,16 @@ from rescue.classify.shape import (
     unknown_mx,
 )
 from rescue.classify.suffix import registered_domain
-from rescue.cli.output import age, console, json_line, print_table
+from rescue.cli.output import Piped, age, json_line, print_table, table_output
 from rescue.cli.queueview import QueueView
 from rescue.model import Classification, QueuedMessage
 
-Cell = str | Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+Out: TypeAlias = "Console | Piped"
+Cell: TypeAlias = "str | Text"
 # How many providers a row of another grouping names before "+N".
 SHOWN_PROVIDERS = 3
 REASON_COLUMNS = ("recipients", "messages", "provider", "reroute_helps", "reason", "meaning", "fix")
@@ -60,7 +64,7 @@ def show(
             for group in found:
                 json_line(unknown_mx_json(group))
         else:
-            show_unknown_mx_table(console(), found)
+            show_unknown_mx_table(table_output(), found)
         return
     if as_json and not show_reasons:
         for message in inventory.messages:
@@ -74,13 +78,13 @@ def show(
             for summary in summaries:
                 json_line(reason_json(summary, view.catalog))
         else:
-            show_reason_table(console(), summaries)
+            show_reason_table(table_output(), summaries)
         return
-    out = console()
+    out = table_output()
     show_shape(out, shape(deferred, By(by), now), view.catalog)
     show_unclassified(out, unclassified(deferred))
     show_unknown_mx_table(out, unknown_mx(deferred, registered_domain))
-    if out.is_terminal:
+    if not isinstance(out, Piped) and out.is_terminal:
         out.print(footer(view, deferred, now, no_dns=no_dns), highlight=False)
 
 
@@ -155,16 +159,19 @@ def unknown_mx_json(group: UnknownMx) -> dict[str, Any]:
 
 
 def show_table(
-    out: Console,
+    out: Out,
     title: str,
     headers: Sequence[str],
     rows: Sequence[Sequence[Cell]],
     numbers: Collection[str],
 ) -> None:
     """Rich on a terminal, tab-separated when piped; the `numbers` columns right-aligned."""
-    if not out.is_terminal:
+    if isinstance(out, Piped) or not out.is_terminal:
         print_table(out, title, headers, [[str(cell) for cell in row] for row in rows])
         return
+    from rich.console import JustifyMethod  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title=title, title_justify="left")
     for header in headers:
         justify: JustifyMethod = "right" if header in numbers else "left"
@@ -180,8 +187,26 @@ def _style(key: str) -> str:
     return "yellow" if key.startswith("mixed:") else ""
 
 
-def _providers(row: Row) -> Text:
+def _cell(text: str, style: str, terminal: bool) -> Cell:
+    """A styled cell on a terminal, the plain text otherwise (rich not loaded)."""
+    if not terminal:
+        return text
+    from rich.text import Text  # noqa: PLC0415
+
+    return Text(text, style=style)
+
+
+def _is_terminal(out: Out) -> bool:
+    return not isinstance(out, Piped) and out.is_terminal
+
+
+def _providers(row: Row, terminal: bool) -> Cell:
     names = row.providers[:SHOWN_PROVIDERS]
+    if not terminal:
+        more = len(row.providers) - SHOWN_PROVIDERS
+        return ", ".join(names) + (f" +{more}" if more > 0 else "")
+    from rich.text import Text  # noqa: PLC0415
+
     text = Text()
     for index, name in enumerate(names):
         if index:
@@ -192,50 +217,62 @@ def _providers(row: Row) -> Text:
     return text
 
 
-def _key(row: Row, by: By, catalog: Catalog, terminal: bool) -> Text:
+def _key(row: Row, by: By, catalog: Catalog, terminal: bool) -> Cell:
+    if not terminal:
+        return row.key
+    from rich.text import Text  # noqa: PLC0415
+
     if row.key == "TOTAL":
         return Text(row.key, style="bold")
     if by is not By.PROVIDER:
         return Text(row.key)
     text = Text(row.key, style=_style(row.key))
     provider = catalog.by_name.get(row.key)
-    if terminal and provider is not None and provider.label != row.key:
+    if provider is not None and provider.label != row.key:
         text.append(f" {provider.label}", style="dim")
     return text
 
 
-def _counts(row: Row) -> list[Cell]:
+def _counts(row: Row, terminal: bool) -> list[Cell]:
+    if not terminal:
+        return [str(row.messages), str(row.recipients), *(str(n) for n in row.buckets)]
+    from rich.text import Text  # noqa: PLC0415
+
     cells: list[Cell] = [str(row.messages), Text(str(row.recipients), style="bold")]
     cells += [Text(str(n), style="dim" if n == 0 else "") for n in row.buckets]
     return cells
 
 
-def show_shape(out: Console, found: Shape, catalog: Catalog) -> None:
+def show_shape(out: Out, found: Shape, catalog: Catalog) -> None:
     by = found.by
+    terminal = _is_terminal(out)
     counts = ["messages", "T", *BUCKET_LABELS]
     headers = [by.value] + (["provider"] if by is not By.PROVIDER else []) + counts
     rows: list[list[Cell]] = []
     for row in (found.total, *found.rows):
-        cells: list[Cell] = [_key(row, by, catalog, out.is_terminal)]
+        cells: list[Cell] = [_key(row, by, catalog, terminal)]
         if by is not By.PROVIDER:
-            cells.append(Text("") if row is found.total else _providers(row))
-        rows.append(cells + _counts(row))
+            cells.append(
+                _cell("", "", terminal) if row is found.total else _providers(row, terminal)
+            )
+        rows.append(cells + _counts(row, terminal))
     title = f"Deferred recipients by {by.value} and age in minutes"
     show_table(out, title, headers, rows, counts)
 
 
-def show_unclassified(out: Console, found: Sequence[Unclassified]) -> None:
+def show_unclassified(out: Out, found: Sequence[Unclassified]) -> None:
     if not found:
         return
+    terminal = _is_terminal(out)
     rows: list[list[Cell]] = [
         [
-            Text(u.domain),
-            Text("mixed MX: " + ", ".join(u.mixed), style="yellow")
+            _cell(u.domain, "", terminal),
+            _cell("mixed MX: " + ", ".join(u.mixed), "yellow", terminal)
             if u.mixed
-            else Text("unknown", style="bold red"),
+            else _cell("unknown", "bold red", terminal),
             str(u.recipients),
             str(u.messages),
-            Text(u.why),
+            _cell(u.why, "", terminal),
         ]
         for u in found
     ]
@@ -250,13 +287,14 @@ def _some(names: Sequence[str]) -> str:
     return shown + (f" +{len(names) - SHOWN_NAMES}" if len(names) > SHOWN_NAMES else "")
 
 
-def show_unknown_mx_table(out: Console, found: Sequence[UnknownMx]) -> None:
+def show_unknown_mx_table(out: Out, found: Sequence[UnknownMx]) -> None:
     """Recipients at MX hosts of no known provider, e.g. 37 at *.example-hoster.net."""
     if not found:
         return
+    terminal = _is_terminal(out)
     rows: list[list[Cell]] = [
         [
-            Text(u.pattern, style="bold"),
+            _cell(u.pattern, "bold", terminal),
             str(u.recipients),
             str(u.messages),
             _some(u.hosts),
@@ -267,7 +305,10 @@ def show_unknown_mx_table(out: Console, found: Sequence[UnknownMx]) -> None:
     out.file.write("\n")
     headers = ("mx", "recipients", "messages", "hosts", "domains")
     title = "MX hosts no provider matched, by registered domain: a [[provider]] can name them"
-    title = escape(title) if out.is_terminal else title  # rich reads [...] as markup
+    if terminal:  # rich reads [...] as markup
+        from rich.markup import escape  # noqa: PLC0415
+
+        title = escape(title)
     show_table(out, title, headers, rows, ("recipients", "messages"))
 
 
@@ -281,8 +322,8 @@ def _helps(known: KnownReason | None) -> str:
     return "yes" if known.reroute_helps else "no"
 
 
-def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
-    if not out.is_terminal:
+def show_reason_table(out: Out, summaries: Sequence[ReasonSummary]) -> None:
+    if not _is_terminal(out):
         rows = [
             [
                 str(s.recipients),
@@ -297,6 +338,10 @@ def show_reason_table(out: Console, summaries: Sequence[ReasonSummary]) -> None:
         ]
         print_table(out, "Deferral reasons", REASON_COLUMNS, rows)
         return
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    assert not isinstance(out, Piped)
     table = Table(title="Deferral reasons", title_justify="left")
     table.add_column("recipients", justify="right")
     table.add_column("messages", justify="right")

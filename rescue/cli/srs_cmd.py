@@ -10,7 +10,8 @@ import socket
 
 import click
 
-from rescue.cli.common import fail, load_srs_config
+from rescue.cli.boundary import fail
+from rescue.cli.common import load_srs_config
 from rescue.errors import SrsError
 from rescue.exitcodes import ExitCode
 from rescue.postfix.socketmap import DEFAULT_IDLE_TIMEOUT, DEFAULT_SOCKET_MODE, parse_listen

@@ -8,10 +8,10 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from rescue.config import PostfixConfig
 from rescue.errors import PostfixError, PostsuperFailed, QueueFileError
@@ -106,7 +106,8 @@ class Postfix:
 
         The command starts at once, before the first item is asked for: showq works
         while the caller prepares (loads the catalog, asks postconf), so call this
-        first and iterate the result to its end.
+        first and iterate the result to its end. Closing the result (`close()`),
+        even before the first item, stops the command.
         """
         args = [*self._command("postqueue"), "-j"]
         spill = tempfile.TemporaryFile(prefix="queue-rescue-listing-")  # noqa: SIM115 (closed by the reader)
@@ -115,13 +116,17 @@ class Postfix:
         except FileNotFoundError:
             spill.close()
             raise PostfixError(f"{args[0]} not found (check [postfix] command_dir)") from None
-        return self._read_listing(proc, spill)
+        reader = self._read_listing(proc, spill)
+        next(reader)  # into its try: from now on closing the reader also ends postqueue
+        return cast(Iterator[QueuedMessage | BadLine], reader)  # the None is taken
 
     @staticmethod
     def _read_listing(
         proc: subprocess.Popen[bytes], spill: IO[bytes]
-    ) -> Iterator[QueuedMessage | BadLine]:
+    ) -> Generator[QueuedMessage | BadLine | None, None, None]:
+        """None first (listing() takes it), then the entries."""
         try:
+            yield None
             yield from parse_listing(follow(proc, spill))
         finally:
             spill.close()

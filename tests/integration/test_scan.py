@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from tests.lab.smtpd import FakeProvider
 from tests.lab.submission import Submission
 from tests.lab.system import free_port
 
+REPO = Path(__file__).parents[2]
 BUCKETS = ["5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"]
 # How old every queued message of the module's lab is made: in the "320" column (older
 # than 160 minutes, at most 320), 80 minutes from either edge.
@@ -513,3 +515,32 @@ def test_big_queue_one_query_per_domain(lab_root: Path, providers: dict[str, Fak
                 ["qshape", "-c", str(big.config_dir), "deferred"], check=True, capture_output=True
             )
             print(f"scan {took:.2f}s, qshape {time.monotonic() - started:.2f}s")
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("--by", "domain"), ("--json", "--no-dns"), ("--unknown-mx",), ("--reasons",)]
+)
+def test_plain_scan_prints_what_the_command_line_prints(
+    rescue: Rescue, args: tuple[str, ...]
+) -> None:
+    # `--config PATH scan ...` runs without click (rescue.start); `--config=PATH` is left to
+    # the click group. Both must print the same (these outputs hold no age in seconds).
+    config = rescue.write_config()
+    plain = subprocess.run(
+        [sys.executable, "-m", "rescue", "--config", str(config), "scan", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    clicked = subprocess.run(
+        [sys.executable, "-m", "rescue", f"--config={config}", "scan", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert plain.returncode == clicked.returncode == 0, plain.stderr + clicked.stderr
+    assert plain.stderr == clicked.stderr
+    assert plain.stdout == clicked.stdout
+    assert plain.stdout.strip()

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
+import time
+from pathlib import Path
 
+import pytest
+
+from rescue.config import PostfixConfig
 from rescue.model import QueuedMessage
-from rescue.postfix.commands import follow
+from rescue.postfix.commands import Postfix, follow
 from rescue.postfix.listing import BadLine, parse_listing
 
 
@@ -102,3 +108,22 @@ def test_follow_keeps_up_with_a_long_listing() -> None:
     assert len(lines) == 3000
     assert lines[0] == b"line 0 xxxxxxxxxxxxxxxxxxxxxxxxxxxx"
     assert lines[-1] == b"line 2999 xxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+
+
+def test_closing_a_listing_before_reading_it_stops_postqueue(tmp_path: Path) -> None:
+    # A stand-in postqueue that would run for a minute; closing the listing must end it.
+    pid_file = tmp_path / "pid"
+    postqueue = tmp_path / "postqueue"
+    postqueue.write_text(
+        f"#!/bin/sh\necho $$ > {pid_file}.new\nmv {pid_file}.new {pid_file}\nexec sleep 60\n"
+    )
+    postqueue.chmod(0o755)
+    listing = Postfix(PostfixConfig(config_dir=tmp_path, command_dir=tmp_path)).listing()
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, "postqueue did not start"
+        time.sleep(0.01)
+    pid = int(pid_file.read_text())
+    listing.close()  # type: ignore[attr-defined]  (a generator, typed as an iterator)
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)

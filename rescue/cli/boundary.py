@@ -1,0 +1,78 @@
+"""The command line's error boundary and logging set-up, without click.
+
+Known errors print one line and exit with their code; anything else is a bug
+and says so. The click group (rescue.cli.group) and a plain scan run without
+click (rescue.start) both end here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import NoReturn
+
+from rescue.errors import ConfigError, JournalError, LockedError, PostfixError, RescueError
+from rescue.exitcodes import ExitCode
+
+log = logging.getLogger("rescue")
+
+
+def fail(code: ExitCode, message: str) -> NoReturn:
+    sys.stderr.write(f"queue-rescue: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(int(code))
+
+
+def fail_for(exc: BaseException) -> NoReturn:
+    """Exit as the command line does for an error that ended a command."""
+    if isinstance(exc, ConfigError):
+        fail(ExitCode.USAGE, str(exc))
+    if isinstance(exc, LockedError):
+        fail(ExitCode.LOCKED, f"another queue-rescue is running: {exc}")
+    if isinstance(exc, PostfixError):
+        fail(ExitCode.POSTFIX, str(exc))
+    if isinstance(exc, JournalError):
+        fail(ExitCode.SOFTWARE, str(exc))
+    if isinstance(exc, RescueError):
+        fail(ExitCode.PARTIAL, str(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        fail(
+            ExitCode.INTERRUPTED,
+            "interrupted; every message this run held was released "
+            "(any that could not be is named above)",
+        )
+    log.debug("unexpected error", exc_info=exc)
+    fail(
+        ExitCode.SOFTWARE,
+        f"unexpected error (a bug, please report it): {exc!r}; "
+        "held messages were released; run with -vv for the traceback",
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            ensure_ascii=False,
+        )
+
+
+def setup_logging(verbose: int, log_format: str) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("queue-rescue: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Library chatter (aiosmtplib, asyncio) only when asked for.
+    for name in ("asyncio", "aiosmtplib"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,154 @@
+"""The entry point's plain scan: which command lines it takes, and that it fails as the CLI does."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rescue.cli.boundary import fail_for
+from rescue.cli.output import Piped, surely_piped, table_output
+from rescue.cli.queueview import run_unwaiting
+from rescue.cli.scan_run import ScanOptions
+from rescue.errors import ConfigError, LockedError, PostfixError, RescueError
+from rescue.exitcodes import ExitCode
+from rescue.start import plain_scan
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "verbose", "log_format", "options"),
+    [
+        (["scan"], None, 0, "text", ScanOptions()),
+        (["--config", "/x.toml", "scan"], "/x.toml", 0, "text", ScanOptions()),
+        (["-c", "a.toml", "-c", "b.toml", "scan"], "b.toml", 0, "text", ScanOptions()),
+        (["-v", "--verbose", "-vv", "scan"], None, 4, "text", ScanOptions()),
+        (["--log-format", "json", "scan", "--json"], None, 0, "json", ScanOptions(as_json=True)),
+        (
+            ["scan", "--by", "domain", "--by", "reason", "--reasons", "--no-dns"],
+            None,
+            0,
+            "text",
+            ScanOptions(by="reason", show_reasons=True, no_dns=True),
+        ),
+        (["scan", "--unknown-mx"], None, 0, "text", ScanOptions(show_unknown_mx=True)),
+    ],
+)
+def test_plain_scans_are_recognised(
+    args: list[str], config: str | None, verbose: int, log_format: str, options: ScanOptions
+) -> None:
+    found = plain_scan(args)
+    assert found is not None
+    assert (found.config, found.verbose, found.log_format) == (config, verbose, log_format)
+    assert found.options() == options
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--version"],
+        ["flush", "--all"],
+        ["scan", "--help"],
+        ["-h", "scan"],
+        ["scan", "--spool", "/var/spool/postfix"],
+        ["--config=/x.toml", "scan"],
+        ["-c"],
+        ["--config"],
+        ["scan", "--by"],
+        ["scan", "--by", "nothing"],
+        ["scan", "--by=domain"],
+        ["--log-format", "xml", "scan"],
+        ["--json", "scan"],
+        ["scan", "extra"],
+        ["-vvvv", "scan"],
+        ["scan", "--", "--json"],
+    ],
+)
+def test_anything_else_is_left_to_the_command_line(args: list[str]) -> None:
+    assert plain_scan(args) is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "text"),
+    [
+        (ConfigError(Path("/c.toml"), "x", "bad"), ExitCode.USAGE, "/c.toml"),
+        (
+            LockedError(Path("/l"), "pid 7"),
+            ExitCode.LOCKED,
+            "another queue-rescue is running: /l is held by pid 7",
+        ),
+        (PostfixError("postqueue -j failed"), ExitCode.POSTFIX, "postqueue -j failed"),
+        (RescueError("partly"), ExitCode.PARTIAL, "partly"),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED, "interrupted"),
+        (ValueError("oops"), ExitCode.SOFTWARE, "unexpected error (a bug"),
+    ],
+)
+def test_errors_end_with_their_exit_code_and_one_line(
+    exc: BaseException, code: ExitCode, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        fail_for(exc)
+    assert exited.value.code == int(code)
+    err = capsys.readouterr().err
+    assert err.startswith("queue-rescue: error: ") and text in err
+    assert err.count("\n") == 1
+
+
+def test_a_plain_scan_fails_as_the_command_line_does(tmp_path: Path) -> None:
+    # No Postfix needed: the configuration is refused before anything is listed.
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[postfix\n")
+    for config in (broken, tmp_path / "missing.toml"):
+        plain = run_rescue("--config", str(config), "scan")
+        clicked = run_rescue(f"--config={config}", "scan")
+        assert plain.returncode == clicked.returncode == ExitCode.USAGE
+        assert plain.stderr == clicked.stderr
+        assert plain.stderr.startswith(f"queue-rescue: error: {config}")
+        assert plain.stdout == clicked.stdout == ""
+
+
+def run_rescue(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rescue", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_a_coroutine_that_never_waits_runs_without_a_loop() -> None:
+    async def sums() -> int:
+        async def part(n: int) -> int:
+            return n
+
+        return sum([await part(n) for n in range(4)])
+
+    assert run_unwaiting(sums()) == 6
+
+    async def waits() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="event loop"):
+        run_unwaiting(waits())
+
+
+def test_piped_output_needs_no_rich(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    with (tmp_path / "out").open("w") as file:
+        assert surely_piped(file)
+        assert isinstance(table_output(file), Piped)
+        # What makes rich treat a file as a terminal leaves the decision to rich.
+        monkeypatch.setenv("FORCE_COLOR", "1")
+        assert not surely_piped(file)
+        monkeypatch.delenv("FORCE_COLOR")
+        monkeypatch.setenv("TTY_COMPATIBLE", "1")
+        assert not surely_piped(file)
+        assert not isinstance(table_output(file), Piped)
