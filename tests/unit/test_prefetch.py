@@ -13,7 +13,7 @@ from rescue.errors import QueueFileError
 from rescue.flush.prefetch import ASK_AGAIN, BROKEN, FOUND, Prefetcher, read_batch
 from rescue.postfix.queuefile import read_queue_file
 from tests.lab import wait_for
-from tests.unit.test_queuefile import GOOD
+from tests.unit.queuefile_build import GOOD
 
 
 def held_queue(tmp_path: Path, names: list[str]) -> Path:

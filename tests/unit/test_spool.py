@@ -1,6 +1,6 @@
 """A spool copy as a mail queue: listing, moves aside (never deletes), recovery, bad files.
 
-The queue files are built the way cleanup writes them (tests.unit.test_queuefile); the
+The queue files are built the way cleanup writes them (tests.unit.queuefile_build); the
 integration tests (test_spool_export.py) do the same on a copy of a real Postfix queue.
 """
 
@@ -21,17 +21,15 @@ from rescue.model import QueuedMessage, Recipient
 from rescue.postfix.listing import BadLine
 from rescue.postfix.records import REC_TYPE_DONE
 from rescue.sources.spool import BadFile, SpoolError, SpoolQueue, settle_strays
-from tests.unit.test_queuefile import (
+from tests.unit.queuefile_build import (
     HEADER,
     REAL_FILE,
-    Step,
     assemble,
-    mutate,
-    mutations,
     rcpt,
     simple_envelope,
     text_records,
 )
+from tests.unit.test_queuefile_fuzz import Step, mutate, mutations
 
 IDS = ("4F2A81C0B1", "5A1B2C3D4E", "6C7D8E9F01", "7E8F9A0B1C")
 REASON = "host mx00.kundenserver.de[212.227.15.41] said: 421 invalid sender domain"
