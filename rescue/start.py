@@ -95,7 +95,8 @@ def run_plain_scan(plain: PlainScan) -> None:
     try:
         # As the group reads --config: the option, else the environment, else the default
         # (which alone may be missing: then the defaults).
-        explicit = plain.config or os.environ.get(CONFIG_ENV) or None
+        # An empty --config is still given (and names no file), as click sees it.
+        explicit = plain.config if plain.config is not None else os.environ.get(CONFIG_ENV) or None
         cfg = load_config(config_path(explicit), missing_ok=explicit is None)
         from rescue.cli.scan_run import run_scan  # noqa: PLC0415
 

@@ -247,6 +247,8 @@ def read_route(top: Table) -> RouteConfig | None:
     )
     if cfg.probe_interval < MIN_INTERVAL:
         raise t.error("probe_interval", f"must be at least {MIN_INTERVAL:g}s")
+    if cfg.probe_port > 65535:
+        raise t.error("probe_port", f"must be at most 65535, got {cfg.probe_port}")
     t.finish()
     return cfg
 

@@ -13,7 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rescue.errors import PostfixError, PostsuperFailed, QueueFileError, RescueError
+from rescue.errors import (
+    JournalError,
+    PostfixError,
+    PostsuperFailed,
+    QueueFileError,
+    RescueError,
+)
 from rescue.flush import holding
 from rescue.flush.plan import EnvelopeReader
 from rescue.journal.store import (
@@ -245,8 +251,13 @@ class Export:
     def _settle(self) -> None:
         """Delete what is exported (batched), release all else we hold (batched)."""
         exported, self._exported = self._exported, []
-        if exported:
-            self._delete(exported)
+        try:
+            if exported:
+                self._delete(exported)
+        finally:
+            self._release_the_rest()
+
+    def _release_the_rest(self) -> None:
         failed, self._failed = self._failed, []
         ids = {i.queue_id for i in failed}
         for item in self._open.values():  # held, neither exported nor failed: interrupted
@@ -261,7 +272,11 @@ class Export:
             self._release(failed)
 
     def _delete(self, items: list[_Item]) -> None:
-        self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
+        try:
+            self._journal.sync()  # "accepted" is on disk before the message leaves Postfix
+        except JournalError as exc:
+            # The pairs are on disk: giving these back would send them twice.
+            log.error("journal: %s; deleting the exported messages all the same", exc)
         try:
             deleted = self._queue.delete(i.queue_id for i in items)
         except PostsuperFailed as exc:

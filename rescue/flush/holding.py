@@ -62,18 +62,25 @@ def skip_sent(
 def hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> tuple[list[T], list[T]]:
     """Journal, then hold: (held, no longer in the deferred queue).
 
-    A hold that fails (also part way) is undone before its error goes on: every
-    message it was asked to hold is released (those it did not hold stay deferred).
+    A hold that fails (also part way, or interrupted) is undone before its error goes
+    on: every message it was asked to hold is released (those it did not hold stay
+    deferred). So are the held ones when the journal cannot record the hold.
     """
     if not items:
         return [], []
     begin_hold(journal, items)
     try:
         held_ids = queue.hold(i.queue_id for i in items)
-    except RescueError:
+    except BaseException:
+        # Also a KeyboardInterrupt (Ctrl-C, an export's SIGTERM) once postsuper is done.
         undo_hold(journal, queue, items)
         raise
-    return end_hold(journal, items, held_ids)
+    try:
+        return end_hold(journal, items, held_ids)
+    except BaseException:
+        # Held, but the journal could not say so: nobody would release them.
+        undo_hold(journal, queue, [i for i in items if i.queue_id in held_ids])
+        raise
 
 
 def undo_hold(journal: Journal, queue: MailQueue, items: Sequence[T]) -> None:

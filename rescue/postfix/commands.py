@@ -79,22 +79,36 @@ class Postfix:
         # A session of its own: Ctrl-C at the terminal (sent to the whole foreground
         # process group) must not stop a postsuper part way; the flush waits for it.
         try:
-            return subprocess.run(
+            proc = subprocess.Popen(
                 args,
-                input=stdin,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
         except FileNotFoundError:
             raise PostfixError(f"{args[0]} not found (check [postfix] command_dir)") from None
         except PermissionError:
             raise PostfixError(f"{args[0]}: permission denied") from None
-        except subprocess.TimeoutExpired:
-            raise PostfixError(
-                f"{' '.join(args)} did not finish in {COMMAND_TIMEOUT:.0f}s"
-            ) from None
+        except OSError as exc:
+            raise PostfixError(f"cannot start {args[0]}: {exc}") from None
+        with proc:
+            try:
+                out, err = proc.communicate(stdin, timeout=COMMAND_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise PostfixError(
+                    f"{' '.join(args)} did not finish in {COMMAND_TIMEOUT:.0f}s"
+                ) from None
+            except KeyboardInterrupt:
+                # A signal turned into KeyboardInterrupt (Ctrl-C, an export's SIGTERM):
+                # subprocess.run would kill postsuper part way, leaving messages held that
+                # nobody knows of. Let it finish, then let the interruption go on; the
+                # caller gives back what it asked for.
+                proc.communicate(timeout=COMMAND_TIMEOUT)
+                raise
+        return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
     # --- reading ------------------------------------------------------------------------
 

@@ -116,17 +116,26 @@ class Relay:
         except AcceptedWhileCancelled as exc:
             # Stopping: the smarthost has it, but Postfix will not hear so. Recorded, so
             # that the second copy Postfix may send is explained.
-            self._store.relay_ended(row, UNCERTAIN, exc.accepted.smarthost, exc.accepted.reply)
+            self._ended(row, UNCERTAIN, exc.accepted.smarthost, exc.accepted.reply)
             raise
         except DeliveryError as exc:
             state = UNCERTAIN if exc.uncertain else REFUSED
-            self._store.relay_ended(row, state, exc.smarthost, str(exc))
+            self._ended(row, state, exc.smarthost, str(exc))
             return refuse(str(exc), exc.smarthost, exc.uncertain)
-        self._store.relay_ended(row, RELAYED, accepted.smarthost, accepted.reply)
+        self._ended(row, RELAYED, accepted.smarthost, accepted.reply)
         self._report(
             RelayOutcome(queue_id, provider, recipients, True, accepted.smarthost, accepted.reply)
         )
         return Answer(250, f"2.0.0 Ok: relayed via {accepted.smarthost}: {accepted.reply}")
+
+    def _ended(self, row: int, state: str, smarthost: str | None, reply: str) -> None:
+        """Record how a relayed transaction ended. A journal that fails here must not
+        change Postfix's answer: one the smarthost accepted still gets its 250 (else
+        Postfix would send it again), one it refused still gets its 4xx."""
+        try:
+            self._store.relay_ended(row, state, smarthost, reply)
+        except JournalError as exc:
+            log.error("relay: journal: %s; the answer to Postfix stands", exc)
 
 
 def _no_op(_smarthost: str) -> None:

@@ -12,6 +12,7 @@ from rescue.classify.catalog import load_catalog
 from rescue.config import ConfigError, RouteConfig, SmarthostConfig, parse_config
 from rescue.diagnose.probe import ProbeTarget
 from rescue.diagnose.result import Result, fail, ok
+from rescue.errors import JournalError
 from rescue.model import Classification, QueuedMessage, Recipient
 from rescue.postfix.lookuptable import LookupTable
 from rescue.route.breaker import (
@@ -33,7 +34,7 @@ from rescue.route.control import (
     trips,
 )
 from rescue.route.entries import CONFIGURED, STUCK, relay_transport, table_entries
-from rescue.route.relay import envelope_of, queue_id_of
+from rescue.route.relay import Relay, envelope_of, queue_id_of
 from rescue.route.relayserver import (
     ProtocolError,
     Transaction,
@@ -42,6 +43,7 @@ from rescue.route.relayserver import (
     xtext_decode,
 )
 from rescue.route.store import RouteStore
+from rescue.smarthost.session import Accepted
 from rescue.smarthost.wire import xtext
 from rescue.srs.rewriter import SrsRewriter
 from tests.unit.test_config import base_config
@@ -263,6 +265,7 @@ def test_route_defaults(tmp_path: Path) -> None:
         ("recover_after = 0", "route.recover_after"),
         ('probe_interval = "0.1s"', "route.probe_interval"),
         ("probe_every = 1", "route.probe_every"),
+        ("probe_port = 70000", "route.probe_port"),
     ],
 )
 def test_route_mistakes_name_the_key(tmp_path: Path, line: str, key: str) -> None:
@@ -359,3 +362,36 @@ def test_probes_bring_a_provider_back_and_empty_the_table(tmp_path: Path) -> Non
     asyncio.run(control.probe_once())
     assert len(asked) == 3
     store.close()
+
+
+def test_a_journal_error_after_the_smarthost_accepted_still_answers_250(
+    tmp_path: Path,
+) -> None:
+    # The smarthost has the message: without the 250 Postfix would send it again.
+    class FullJournal(RouteStore):
+        def relay_ended(self, row: int, state: str, smarthost: str | None, reply: str) -> None:
+            raise JournalError("journal: database or disk is full")
+
+    class Pool:
+        sent = 0
+
+        async def deliver(self, *args: object, **kwargs: object) -> Accepted:
+            Pool.sent += 1
+            return Accepted("relay1", "250 2.0.0 queued as XYZ")
+
+    store = FullJournal(tmp_path / "journal.sqlite3")
+    relay = Relay(
+        srs=SrsRewriter(domain="srs.example.net", secrets=["s3cret-s3cret-s3cret"]),
+        store=store,
+        smarthosts=lambda: ((SmarthostConfig("relay1", "127.0.0.1"),), None),
+        dispatcher=lambda hosts: Pool(),  # type: ignore[arg-type,return-value]
+        provider_of=lambda domain: "ionos",
+        report=lambda outcome: None,
+    )
+    tx = Transaction(
+        sender="a@example.com", recipients=[("b@kunde.de", {})], data=b"Subject: x\r\n\r\nhi\r\n"
+    )
+
+    answer = asyncio.run(relay(tx))
+
+    assert answer.code == 250 and Pool.sent == 1

@@ -13,6 +13,7 @@ from rescue.cli.boundary import fail_for
 from rescue.cli.output import Piped, surely_piped, table_output
 from rescue.cli.queueview import run_unwaiting
 from rescue.cli.scan_run import ScanOptions
+from rescue.config import DEFAULT_CONFIG_PATH
 from rescue.errors import ConfigError, LockedError, PostfixError, RescueError
 from rescue.exitcodes import ExitCode
 from rescue.start import plain_scan
@@ -110,6 +111,16 @@ def test_a_plain_scan_fails_as_the_command_line_does(tmp_path: Path) -> None:
         assert plain.stderr == clicked.stderr
         assert plain.stderr.startswith(f"queue-rescue: error: {config}")
         assert plain.stdout == clicked.stdout == ""
+
+
+@pytest.mark.skipif(DEFAULT_CONFIG_PATH.exists(), reason=f"{DEFAULT_CONFIG_PATH} exists here")
+def test_an_empty_config_option_is_given_as_the_command_line_sees_it() -> None:
+    # `-c ""` names no file but is still an option: the default file must then exist.
+    plain = run_rescue("--config", "", "scan")
+    clicked = run_rescue("--config=", "scan")
+    assert plain.returncode == clicked.returncode == ExitCode.USAGE
+    assert plain.stderr == clicked.stderr
+    assert f"{DEFAULT_CONFIG_PATH}: no such file" in plain.stderr
 
 
 def run_rescue(*args: str) -> subprocess.CompletedProcess[str]:
