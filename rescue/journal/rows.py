@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+
+from rescue.errors import JournalError
 
 # SQLite's page cache per connection (KiB): rows are found by key, so a small cache
 # does; the default (2 MiB each for this connection and the writer's) would fill up
@@ -159,3 +165,20 @@ def event_of(row: tuple[object, ...]) -> Event:
         detail=optional(row[9]),
         command=optional(row[10]),
     )
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a connection of the journal at `path` (isolation_level
+    None): taken at once (BEGIN IMMEDIATE), rolled back on any exception; a SQLite
+    error becomes a JournalError that names the file."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise JournalError(f"journal {path}: {exc}") from exc

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from rescue.errors import JournalError
@@ -40,6 +40,7 @@ from rescue.journal.rows import (
     Run,
     entry_of,
     event_of,
+    transaction,
 )
 from rescue.journal.writer import BackgroundWriter
 
@@ -224,18 +225,8 @@ class Journal:
         self._truncate_steps()
         return len(due)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal {self.path}: {exc}") from exc
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self.path)
 
     # --- runs ---------------------------------------------------------------------------
 
