@@ -76,3 +76,19 @@ class Selected:
     provider: str
     reason_matched: str | None
     classifications: tuple[Classification, ...] = field(default=())
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """A selected message a run is working on; the flush and the export add their state."""
+
+    selected: Selected
+
+    @property
+    def queue_id(self) -> str:
+        return self.selected.message.queue_id
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The journal's (key, queue id) of the message."""
+        return (self.selected.message.key, self.selected.message.queue_id)

@@ -7,7 +7,7 @@ else by the DNS records of the hosts: CNAME, PTR, NS; see mxhosts), the provider
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from rescue.classify.catalog import Catalog, Provider
@@ -88,12 +88,7 @@ def classify_recipient(
             else:
                 owners.setdefault(provider.name, (provider, host))
         if len(owners) > 1:
-            return Classification(
-                provider=None,
-                mx=answer.hosts[0],
-                classified_by=DNS_MX,
-                note=SEVERAL_PROVIDERS + ", ".join(sorted(owners)),
-            )
+            return _several(answer, owners)
         if owners:
             provider, host = next(iter(owners.values()))
             note = (
@@ -102,12 +97,7 @@ def classify_recipient(
             return _result(provider, reason, DNS_MX, host, note)
         traced = _traced(strangers, catalog, host_owners or {})
         if len(traced) > 1:
-            return Classification(
-                provider=None,
-                mx=answer.hosts[0],
-                classified_by=DNS_MX,
-                note=SEVERAL_PROVIDERS + ", ".join(sorted(traced)),
-            )
+            return _several(answer, traced)
         if traced:
             provider, owner = next(iter(traced.values()))
             return _result(provider, reason, owner.how, owner.host, owner.note)
@@ -148,3 +138,13 @@ def mixed_providers(classification: Classification) -> tuple[str, ...]:
     if c.provider is None and c.classified_by == DNS_MX and c.note.startswith(SEVERAL_PROVIDERS):
         return tuple(c.note[len(SEVERAL_PROVIDERS) :].split(", "))
     return ()
+
+
+def _several(answer: MxAnswer, providers: Iterable[str]) -> Classification:
+    """MX hosts of more than one provider: none is named."""
+    return Classification(
+        provider=None,
+        mx=answer.hosts[0],
+        classified_by=DNS_MX,
+        note=SEVERAL_PROVIDERS + ", ".join(sorted(providers)),
+    )

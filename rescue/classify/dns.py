@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from rescue.config import DnsConfig
 from rescue.errors import RescueError
@@ -18,6 +18,8 @@ from rescue.errors import RescueError
 if TYPE_CHECKING:
     import dns.asyncresolver
     import dns.resolver
+
+R = TypeVar("R", bound="dns.resolver.BaseResolver")
 
 # How long a failed or empty lookup is remembered, so a dead domain is not asked once a
 # message. Our answers come without the SOA that RFC 2308 takes a negative TTL from.
@@ -67,19 +69,26 @@ def _make_resolver(cfg: DnsConfig) -> dns.asyncresolver.Resolver:
     # costs a tenth of a second, and most runs need no lookup (the delay reason
     # names the provider's MX host).
     import dns.asyncresolver  # noqa: PLC0415
+
+    return build_resolver(
+        dns.asyncresolver.Resolver, cfg, "set [dns] nameservers, or scan with --no-dns"
+    )
+
+
+def build_resolver(kind: type[R], cfg: DnsConfig, hint: str) -> R:
+    """A dnspython resolver (`kind`: sync or async) that asks [dns] nameservers, else
+    resolv.conf's; `hint` says what to do when there are none."""
     import dns.resolver  # noqa: PLC0415
 
     if cfg.nameservers:
-        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver = kind(configure=False)
         resolver.nameservers = list(cfg.nameservers)
         resolver.port = cfg.port
     else:
         try:
-            resolver = dns.asyncresolver.Resolver()
+            resolver = kind()
         except dns.resolver.NoResolverConfiguration as exc:
-            raise RescueError(
-                f"no DNS resolver: {exc}; set [dns] nameservers, or scan with --no-dns"
-            ) from exc
+            raise RescueError(f"no DNS resolver: {exc}; {hint}") from exc
     # lifetime bounds the whole lookup, retries included; timeout one query.
     resolver.lifetime = cfg.timeout
     resolver.timeout = cfg.timeout

@@ -11,11 +11,10 @@ import click
 
 from rescue.cli import check_route
 from rescue.cli.common import load_config, run_async
-from rescue.cli.status_cmd import service_state
+from rescue.cli.status_cmd import service_running
 from rescue.config import Config, SmarthostConfig, SrsConfig
 from rescue.errors import DeliveryError, PostfixError, RescueError
 from rescue.exitcodes import ExitCode
-from rescue.journal.store import Journal
 from rescue.postfix.commands import Postfix
 from rescue.postfix.listing import BadLine
 from rescue.smarthost.session import Session
@@ -50,16 +49,6 @@ def _postfix(cfg: Config) -> Callable[[], str]:
         return f"postqueue lists {messages} messages{extra}; queue directory {queue_dir}"
 
     return probe
-
-
-def _service_running(cfg: Config) -> bool:
-    if not cfg.journal.path.exists():
-        return False
-    journal = Journal(cfg.journal.path)
-    try:
-        return bool(service_state(journal.last_run("run"))["running"])
-    finally:
-        journal.close()
 
 
 def _root() -> str:
@@ -142,7 +131,7 @@ def check(ctx: click.Context) -> None:
         checks.run(f"smarthost {host.name}", _smarthost(host))
     for section in unset:
         click.echo(f"--    {section}: not configured (needed by flush and run only)")
-    for what, probe in check_route.checks(cfg, lambda: _service_running(cfg)):
+    for what, probe in check_route.checks(cfg, lambda: service_running(cfg)):
         checks.run(what, probe)
     if checks.failed:
         click.echo(f"{checks.failed} check(s) failed.")

@@ -10,10 +10,9 @@ import click
 from rescue.classify.catalog import load_catalog
 from rescue.cli.common import load_config
 from rescue.cli.output import console, json_line, print_table
-from rescue.cli.status_cmd import route_json, service_state
+from rescue.cli.status_cmd import route_json, service_running
 from rescue.config import Config, RouteConfig
 from rescue.errors import ConfigError
-from rescue.journal.store import Journal
 from rescue.route.breaker import OVERRIDES, ProviderRoute, overridden
 from rescue.route.control import table_of
 from rescue.route.store import RouteStore
@@ -51,16 +50,6 @@ def _states(cfg: Config) -> dict[str, ProviderRoute]:
         return store.routes()
     finally:
         store.close()
-
-
-def _service_running(cfg: Config) -> bool:
-    if not cfg.journal.path.exists():
-        return False
-    journal = Journal(cfg.journal.path)
-    try:
-        return bool(service_state(journal.last_run("run"))["running"])
-    finally:
-        journal.close()
 
 
 @click.group()
@@ -154,7 +143,7 @@ def set_state(ctx: click.Context, provider: str, state: str) -> None:
         store.close()
     when = (
         "the running service applies it at its next cycle"
-        if _service_running(cfg)
+        if service_running(cfg)
         else "the service applies it when it starts"
     )
     click.echo(f"{provider}: {new.describe()}; {when}")

@@ -33,6 +33,17 @@ def service_state(run: Run | None) -> dict[str, Any]:
     }
 
 
+def service_running(cfg: Config) -> bool:
+    """Whether the journal says a `queue-rescue run` is running now."""
+    if not cfg.journal.path.exists():
+        return False
+    journal = Journal(cfg.journal.path)
+    try:
+        return bool(service_state(journal.last_run("run"))["running"])
+    finally:
+        journal.close()
+
+
 def event_json(event: Event) -> dict[str, Any]:
     rerouted = event.state == ACCEPTED
     return {

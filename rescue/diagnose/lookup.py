@@ -23,9 +23,9 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
+from rescue.classify.dns import build_resolver
 from rescue.config import DnsConfig
 from rescue.diagnose.answers import Answer, Outcome, normal_name
-from rescue.errors import RescueError
 
 # RFC 1035 section 4.2.1: where name servers listen.
 DNS_PORT = 53
@@ -33,18 +33,7 @@ DNS_PORT = 53
 
 def make_resolver(cfg: DnsConfig) -> dns.resolver.Resolver:
     """A dnspython resolver that asks [dns] nameservers (else resolv.conf's), no cache."""
-    if cfg.nameservers:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = list(cfg.nameservers)
-        resolver.port = cfg.port
-    else:
-        try:
-            resolver = dns.resolver.Resolver()
-        except dns.resolver.NoResolverConfiguration as exc:
-            raise RescueError(f"no DNS resolver: {exc}; set [dns] nameservers") from exc
-    resolver.timeout = cfg.timeout
-    resolver.lifetime = cfg.timeout
-    return resolver
+    return build_resolver(dns.resolver.Resolver, cfg, "set [dns] nameservers")
 
 
 def record_text(rdata: dns.rdata.Rdata) -> str:

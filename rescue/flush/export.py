@@ -30,7 +30,7 @@ from rescue.journal.store import (
     SKIPPED,
     Journal,
 )
-from rescue.model import Selected
+from rescue.model import Selected, WorkItem
 from rescue.postfix.queue import MailQueue
 from rescue.sources.export import EML, JSON, PairError, remove_pair, write_pair
 from rescue.sources.spool import fsync_dir
@@ -73,21 +73,12 @@ class ExportSummary(Tally):
 
 
 @dataclass(slots=True)
-class _Item:
-    selected: Selected
+class _Item(WorkItem):
     eml: Path | None = None
     json: Path | None = None
     new: bool = False  # this run wrote the pair (else it was there already)
     detail: str = ""
     broken: bool = False  # could not be read: reported as failed once released
-
-    @property
-    def queue_id(self) -> str:
-        return self.selected.message.queue_id
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.selected.message.key, self.selected.message.queue_id)
 
 
 def _outcome(item: _Item, action: str) -> ExportOutcome:

@@ -16,7 +16,7 @@ from typing import Protocol
 from rescue.errors import (
     RescueError,
 )
-from rescue.model import Envelope, Selected
+from rescue.model import Envelope, Selected, WorkItem
 from rescue.srs.rewriter import SrsRewriter
 from rescue.tally import Tally
 
@@ -91,8 +91,7 @@ class Summary(Tally):
 
 
 @dataclass(slots=True)
-class Item:
-    selected: Selected
+class Item(WorkItem):
     envelope_sender: str
     smarthost: str | None = None
     reply: str | None = None
@@ -102,14 +101,6 @@ class Item:
     broken: bool = False  # could not be read: reported as failed once released
     claimed: bool = False  # its `sending` is in the journal
     accepted: bool = False  # a smarthost took it: it is deleted, never released
-
-    @property
-    def queue_id(self) -> str:
-        return self.selected.message.queue_id
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.selected.message.key, self.selected.message.queue_id)
 
 
 def outcome_of_item(item: Item, action: str) -> Outcome:

@@ -116,12 +116,19 @@ max_wait = "200ms"
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        """Start a command in its own process group (so a test can kill it whole)."""
+    def popen(self, *args: str, stderr_to: Path | None = None) -> subprocess.Popen[str]:
+        """Start a command in its own process group (so a test can kill it whole); with
+        `stderr_to`, its stderr goes to that file, which a test can read as it grows."""
+        if stderr_to is None:
+            return self._popen(args, subprocess.PIPE)
+        with stderr_to.open("w") as err:
+            return self._popen(args, err)
+
+    def _popen(self, args: tuple[str, ...], stderr: Any) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.command(*args),
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             text=True,
             cwd=Path(__file__).parents[2],
             start_new_session=True,

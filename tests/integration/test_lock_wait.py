@@ -7,7 +7,6 @@ the wait ends exactly when the test says.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,14 +36,7 @@ def test_a_flush_waits_for_the_holder_then_sends_each_message_once(
     lock.acquire()
     err_path = tmp_path / "flush.err"
     try:
-        with err_path.open("w") as err:
-            flush = subprocess.Popen(
-                rescue.command("flush", "--provider", "ionos", "--yes", "--json"),
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                cwd=Path(__file__).parents[2],
-            )
+        flush = rescue.popen("flush", "--provider", "ionos", "--yes", "--json", stderr_to=err_path)
         waiting = "waiting for the lock, held by pid "
         wait_for(lambda: waiting in err_path.read_text(), 60, "the flush to wait")
         assert "(queue-rescue export, since " in err_path.read_text()

@@ -340,14 +340,9 @@ def test_a_flush_by_hand_waits_for_the_cycle_and_each_message_goes_once(
         os.kill(svc.proc.pid, signal.SIGSTOP)
         err_path = tmp_path / "flush.err"
         try:
-            with err_path.open("w") as err:
-                flush = subprocess.Popen(
-                    rescue.command("flush", "--provider", "ionos", "--yes", "--json"),
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                    text=True,
-                    cwd=Path(__file__).parents[2],
-                )
+            flush = rescue.popen(
+                "flush", "--provider", "ionos", "--yes", "--json", stderr_to=err_path
+            )
             waiting = f"waiting for the lock, held by pid {svc.proc.pid} (queue-rescue run, cycle"
             wait_for(lambda: waiting in err_path.read_text(), 60, "the flush to wait")
             status = rescue.run("status")
