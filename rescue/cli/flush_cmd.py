@@ -13,7 +13,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -31,10 +32,11 @@ from rescue.cli.output import json_line
 from rescue.cli.queueview import QueueReader
 from rescue.cli.selectors import selector_options
 from rescue.cli.waiting import queue_lock, wait_option
-from rescue.config import Config, JournalConfig, sending
+from rescue.config import Config, JournalConfig, SmarthostConfig, sending
 from rescue.exitcodes import ExitCode
 from rescue.flush.core import Flush
-from rescue.flush.plan import EnvelopeReader, Summary
+from rescue.flush.parallel import SPLIT_FROM, ParallelFlush
+from rescue.flush.plan import EnvelopeReader, Outcome, Summary
 from rescue.flush.plan import dry_run as preview
 from rescue.journal.recovery import RecoveryReport, recover
 from rescue.journal.store import Journal
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 # A flush reads the queue's listing this many entries at a time: it holds and sends
 # them while it reads on, so memory holds a few parts, not the queue.
 LISTING_PART = 500
+# A flush splits over at most this many processes (see rescue.flush.parallel).
+MAX_WORKERS = 4
 
 
 def whole(message: QueuedMessage, classes: Sequence[Classification]) -> Selected | None:
@@ -220,6 +224,13 @@ def confirm(selection: list[Selected], cfg: Config) -> bool:
     )
 
 
+def worker_count(requested: int | None, smarthosts: Sequence[SmarthostConfig]) -> int:
+    """How many processes send: as asked, else one per CPU (up to MAX_WORKERS); never
+    more than a smarthost's max_connections, which the workers share."""
+    wanted = requested if requested is not None else min(os.cpu_count() or 1, MAX_WORKERS)
+    return max(1, min(wanted, *(h.max_connections for h in smarthosts)))
+
+
 def execute(
     cfg: Config,
     selection: list[Selected] | AsyncIterator[list[Selected]],
@@ -230,19 +241,57 @@ def execute(
     *,
     read_in_thread: bool,
     prefetch_from: str | None = None,
+    workers: int = 1,
+    split_from: int = SPLIT_FROM,
+    repair: Callable[[], None] | None = None,
 ) -> Summary:
+    """Flush the selection: in this process, or (`workers` > 1, and `repair` to run the
+    journal's recovery should a worker die) split over worker processes when its first
+    part has at least `split_from` messages."""
     send = sending(cfg)
-    flush = Flush(
-        queue=queue,
-        journal=journal,
-        srs=SrsRewriter.from_config(send.srs),
-        dispatcher=Dispatcher(send.smarthosts, cfg.retry),
-        read_envelope=read_envelope,
-        report=reporter,
-        primary=send.primary.name,
-        read_in_thread=read_in_thread,
-        prefetch_from=prefetch_from,
-    )
+    srs = SrsRewriter.from_config(send.srs)
+
+    def single() -> Flush:
+        return Flush(
+            queue=queue,
+            journal=journal,
+            srs=srs,
+            dispatcher=Dispatcher(send.smarthosts, cfg.retry),
+            read_envelope=read_envelope,
+            report=reporter,
+            primary=send.primary.name,
+            read_in_thread=read_in_thread,
+            prefetch_from=prefetch_from,
+        )
+
+    def worker(index: int, report: Callable[[Outcome], None]) -> Flush:
+        """In worker `index`: its own journal connection and its share of the sessions."""
+        own = Journal(journal.path, worker=index)
+        own.run_id = journal.run_id
+        hosts = [replace(h, max_connections=h.max_connections // workers) for h in send.smarthosts]
+        return Flush(
+            queue=queue,
+            journal=own,
+            srs=srs,
+            dispatcher=Dispatcher(hosts, cfg.retry),
+            read_envelope=read_envelope,
+            report=report,
+            primary=send.primary.name,
+            read_in_thread=read_in_thread,
+        )
+
+    flush: Flush | ParallelFlush
+    if workers > 1 and repair is not None:
+        flush = ParallelFlush(
+            workers=workers,
+            factory=worker,
+            single=single,
+            report=reporter,
+            repair=repair,
+            split_from=split_from,
+        )
+    else:
+        flush = single()
     try:
         return run_async(flush.run(selection))
     except KeyboardInterrupt:
@@ -302,6 +351,14 @@ FOLDER = click.Path(file_okay=False, path_type=Path)
     metavar="DIR",
     help="Send an export (queue-rescue export): all of it unless selectors narrow it.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    metavar="N",
+    help="Processes that hold and send, sharing the smarthosts' max_connections "
+    f"(default: one per CPU, at most {MAX_WORKERS}, from {SPLIT_FROM} messages on; "
+    "1: one process). Live Postfix only.",
+)
 @wait_option
 @click.pass_context
 def flush(
@@ -312,6 +369,7 @@ def flush(
     as_json: bool,
     spool: Path | None,
     from_dir: Path | None,
+    workers: int | None,
     wait: float,
 ) -> None:
     """Reroute deferred mail through the smarthost, with SRS senders.
@@ -359,9 +417,14 @@ def flush(
             read_envelope: EnvelopeReader
             read_in_thread = False  # files of a copy or an export: read in place
             prefetch_from: str | None = None
+            repair: Callable[[], None] | None = None
             if copy is None:
                 postfix = Postfix(cfg.postfix)
-                report_recovery(recover(journal, postfix), as_json=as_json)
+
+                def repair() -> None:
+                    report_recovery(recover(journal, postfix), as_json=as_json)
+
+                repair()
                 reader = HeldMessageReader(postfix)
                 queue, read_envelope, read_in_thread = postfix, reader, not reader.direct
                 if reader.queue_dir is not None:
@@ -388,6 +451,9 @@ def flush(
                 reporter,
                 read_in_thread=read_in_thread,
                 prefetch_from=prefetch_from,
+                workers=worker_count(workers, sending(cfg).smarthosts),
+                split_from=SPLIT_FROM if workers is None else 1,  # asked for: always
+                repair=repair,
             )
             if not summary.selected:
                 click.echo("Nothing to reroute: no deferred message matches.", err=True)

@@ -19,6 +19,7 @@ the side file into the journal (replay_steps) before it acts.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -68,12 +69,17 @@ class Journal:
         *,
         clock: Callable[[], float] = time.time,
         fsync: Callable[[int], None] = os.fsync,
+        worker: int | None = None,
     ) -> None:
         """`clock` gives the time of each step; `fsync` is how a file is put on disk
-        (tests give a fixed clock, and an fsync that fails)."""
+        (tests give a fixed clock, and an fsync that fails). `worker`: this connection
+        is one of a split flush's worker processes (rescue.flush.parallel), which each
+        append to a side file of their own: one truncating its file after a clean end
+        must never drop a line another process still needs."""
         self.path = path
         self._clock = clock
-        self.steps_path = Path(f"{path}-steps")
+        suffix = "" if worker is None else f"-{worker}"
+        self.steps_path = Path(f"{path}-steps{suffix}")
         self._fsync = fsync
         self._steps_fd: int | None = None
         try:
@@ -170,13 +176,14 @@ class Journal:
         if fd is not None:
             os.close(fd)
 
-    def _truncate_steps(self) -> None:
+    def _truncate_steps(self, path: Path | None = None) -> None:
+        path = path or self.steps_path
         try:
-            os.truncate(self.steps_path, 0)
+            os.truncate(path, 0)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise JournalError(f"journal {self.steps_path}: {exc}") from exc
+            raise JournalError(f"journal {path}: {exc}") from exc
 
     def replay_steps(self) -> int:
         """Fold what a crashed run appended to the side file into the journal.
@@ -187,16 +194,21 @@ class Journal:
         """
         if self._writer is not None:
             raise RuntimeError("replay_steps while a flush writes behind")
-        try:
-            data = self.steps_path.read_bytes()
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise JournalError(f"journal {self.steps_path}: {exc}") from exc
-        if not data:
+        # This process's side file and those of a split flush's workers.
+        paths = sorted(self.path.parent.glob(f"{glob.escape(self.path.name)}-steps*"))
+        lines: list[bytes] = []
+        for path in paths:
+            try:
+                # Line by line of each file: one cut short by a crash ends in its own file.
+                lines += path.read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise JournalError(f"journal {path}: {exc}") from exc
+        if not lines:
             return 0
         rows = []
-        for line in data.splitlines():
+        for line in lines:
             try:
                 row = json.loads(line)
             except ValueError:  # a line cut short by the crash: its write never returned
@@ -220,9 +232,10 @@ class Journal:
         except JournalError as exc:
             # Kept for the next recovery (replaying it again changes nothing): recovery
             # goes on, or what the crashed run held would stay on hold.
-            log.error("%s; %s is kept", exc, self.steps_path)
+            log.error("%s; %s is kept", exc, ", ".join(map(str, paths)))
             return len(due)
-        self._truncate_steps()
+        for path in paths:
+            self._truncate_steps(path)
         return len(due)
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:

@@ -139,13 +139,15 @@ def kill_runs(
     kills: int,
     rng: random.Random,
     progress: bool = False,
+    flush: tuple[str, ...] = FLUSH,
 ) -> KillReport:
-    """Kill `kills` flushes at random moments, then flush to the end; what came of it."""
+    """Kill `kills` flushes (`flush`: its arguments) at random moments, then flush to
+    the end; what came of it."""
     report = KillReport(messages=len(ids_by_rcpt))
     started = time.monotonic()
     while report.kills < kills:
         before = len(smarthost.received)
-        proc = rescue.popen(*FLUSH)
+        proc = rescue.popen(*flush)
         report.runs += 1
         if rng.random() < EARLY_SHARE:
             deadline = time.monotonic() + rng.uniform(0, EARLY_WITHIN)
@@ -174,7 +176,7 @@ def kill_runs(
             print(f"kill {report.kills}/{kills}: {len(smarthost.received)} received", flush=True)
         if proc.returncode == 0 and not lab.queue_ids("deferred") and not lab.queue_ids("hold"):
             break  # everything was sent before the kill came
-    final = rescue.run(*FLUSH, timeout=600)
+    final = rescue.run(*flush, timeout=600)
     report.runs += 1
     report.announced |= uncertain_ids(final.stdout)
     if final.code not in (0, 1):
