@@ -58,6 +58,8 @@ class PlainScan:
 
 def plain_scan(args: Sequence[str]) -> PlainScan | None:
     """The parsed arguments if they are a plain live scan; None for anything else."""
+    if "scan" not in args:  # another command: no need to load the scan's modules
+        return None
     from rescue.cli.scan_run import BY_CHOICES  # noqa: PLC0415
 
     found = PlainScan()

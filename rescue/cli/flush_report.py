@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import fields
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typing import TYPE_CHECKING, Any
 
 from rescue.cli.output import age, console, json_line, print_table, show_sender
 from rescue.flush.plan import Outcome, Summary
+
+if TYPE_CHECKING:  # rich takes tens of milliseconds to import; flush --json never needs it
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -41,6 +42,15 @@ class FlushReporter:
         self._progress: Progress | None = None
         self._task: Any = None
         if interactive and not as_json and not dry_run and total != 0:
+            from rich.console import Console  # noqa: PLC0415
+            from rich.progress import (  # noqa: PLC0415
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("rerouting"),
                 BarColumn(),

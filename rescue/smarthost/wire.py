@@ -5,6 +5,7 @@ Pure functions, tested without a server.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -21,8 +22,14 @@ def encode_data(content: bytes) -> bytes:
     return _LEADING_DOT.sub(b"..", content).replace(b"\n", b"\r\n") + b".\r\n"
 
 
+# Text that xtext leaves as it is: printable ASCII but '+' and '='.
+_XTEXT_PLAIN = re.compile(r"[\x21-\x2a\x2c-\x3c\x3e-\x7e]*")
+
+
 def xtext(value: str) -> str:
     """RFC 3461 section 4 xtext: '+', '=' and bytes outside 33..126 become +HH."""
+    if _XTEXT_PLAIN.fullmatch(value):  # nearly every address: nothing to encode
+        return value
     out = []
     for byte in value.encode("utf-8"):
         if 33 <= byte <= 126 and byte not in (0x2B, 0x3D):
@@ -37,6 +44,7 @@ _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+@functools.lru_cache(maxsize=4096)  # a backlog has few senders: each is quoted once
 def smtp_path(address: str) -> str:
     """An address as an SMTP path: <>, <local@domain>, or <"quoted local"@domain>.
 
