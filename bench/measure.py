@@ -79,7 +79,9 @@ def measure_flush(
     result.update(
         seconds=round(run.seconds, 3),
         messages_per_second=rate(n, run.seconds),
-        peak_rss_mb=round(run.max_rss_mb, 1),
+        # The largest process's own peak, or the whole process tree's sampled sum (a
+        # split flush's workers), whichever is larger.
+        peak_rss_mb=round(max(run.max_rss_mb, sampler.peak_mb), 1),
         rss_over_progress=sampler.summary(n),
         cpu_seconds=round(run.cpu_seconds, 2),
         own_cpu_seconds=_round(run.own_cpu_seconds),

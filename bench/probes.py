@@ -292,7 +292,9 @@ class Sink:
 
 
 class RssSampler:
-    """The measured process's RSS over the flush's progress (the sink's count), sampled.
+    """The measured process's RSS over the flush's progress (the sink's count), sampled:
+    the sum over it and every process it started (a split flush's workers, postsuper),
+    an upper bound, since forked processes share the pages they did not write.
 
     Peak RSS alone cannot tell a memory that grows with the queue from one that
     fills up to a plateau early on; the samples can: compare the second half of a
@@ -321,10 +323,14 @@ class RssSampler:
             if pid is None:
                 pid = _only_child(trampoline)
                 continue
-            rss = _rss_kib(pid)
+            rss = _tree_rss_kib(pid)
             if rss is None:
                 return  # it has ended
             self.samples.append((self._progress(), rss))
+
+    @property
+    def peak_mb(self) -> float:
+        return max((rss for _, rss in self.samples), default=0) / 1024
 
     def summary(self, n: int) -> dict[str, Any]:
         """Peak RSS while the sink had the first and the second half of the n messages."""
@@ -348,6 +354,24 @@ def _only_child(pid: int) -> int | None:
     except OSError:
         return None
     return int(children[0]) if children else None
+
+
+def _tree_rss_kib(pid: int) -> int | None:
+    """RSS of the process and all its descendants; None once the process has ended."""
+    own = _rss_kib(pid)
+    if own is None:
+        return None
+    total, todo = own, [pid]
+    while todo:
+        parent = todo.pop()
+        children = []
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):  # each thread's
+            with contextlib.suppress(OSError):
+                children += task.read_text().split()
+        for child in map(int, children):
+            total += _rss_kib(child) or 0
+            todo.append(child)
+    return total
 
 
 def _rss_kib(pid: int) -> int | None:
