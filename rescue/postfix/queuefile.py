@@ -346,21 +346,33 @@ def _read_extracted(data: bytes, xtra_offset: int, env: _Envelope) -> None:
 
 def _read_content(data: bytes, data_offset: int, qid: str) -> bytes:
     """Header and body: each N record is a line, L records are pieces of a longer one."""
-    pieces: list[bytes] = []
-    append = pieces.append
-    unterminated = False
-    for offset, rtype, start, end in iter_records(data, data_offset):
+    lines: list[bytes] = []
+    append = lines.append
+    # The common case inline, a record at a time (a flush reads every message): N records
+    # with a one-byte length. Anything else (an L piece, a pointer, padding, the end)
+    # goes on below, record by record, where iter_records checks everything.
+    size, pos = len(data), data_offset
+    while pos + 2 <= size and data[pos] == REC_TYPE_NORM and data[pos + 1] < 0x80:
+        end = pos + 2 + data[pos + 1]
+        if end > size:
+            break
+        append(data[pos + 2 : end])
+        pos = end
+    pieces: list[bytes] = []  # of a long line, until its N record
+    for offset, rtype, start, end in iter_records(data, pos):
         if rtype == REC_TYPE_NORM:
-            append(data[start:end])
-            append(_NEWLINE)
-            unterminated = False
+            if pieces:
+                pieces.append(data[start:end])
+                append(b"".join(pieces))
+                pieces.clear()
+            else:
+                append(data[start:end])
         elif rtype == REC_TYPE_CONT:
-            append(data[start:end])
-            unterminated = True
+            pieces.append(data[start:end])
         elif rtype == REC_TYPE_XTRA:
-            if unterminated:  # postcat ends a last, unterminated piece with a newline
-                append(_NEWLINE)
-            return b"".join(pieces)
+            if pieces:  # postcat ends a last, unterminated piece with a newline
+                append(b"".join(pieces))
+            return b"\n".join(lines) + _NEWLINE if lines else b""
         else:
             raise QueueFileError(qid, f"offset {offset}: record type {rtype} inside the content")
     raise QueueFileError(qid, "content not terminated (truncated?)")
