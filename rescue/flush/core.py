@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rescue.aio import outcome_of
 from rescue.errors import (
@@ -41,7 +41,6 @@ from rescue.flush.plan import (
     outcome_of_item,
     plan,
 )
-from rescue.flush.prefetch import Prefetcher
 from rescue.flush.settle import Settling
 from rescue.journal.store import ACCEPTED, SENDING, SKIPPED, Journal
 from rescue.model import Envelope, Selected
@@ -49,6 +48,9 @@ from rescue.postfix.queue import MailQueue
 from rescue.smarthost.pool import Dispatcher
 from rescue.smarthost.session import Accepted, AcceptedWhileCancelled
 from rescue.srs.rewriter import SrsRewriter
+
+if TYPE_CHECKING:
+    from rescue.flush.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -175,6 +177,10 @@ class Flush(Settling):
             return
         if self._prefetch_from is not None and len(first) >= PREFETCH_FROM:
             # Before the journal's writer thread and postsuper's threads start: it forks.
+            # (Imported here: multiprocessing is a start-up cost a small flush, and each
+            # worker of a split one, never needs.)
+            from rescue.flush.prefetch import Prefetcher  # noqa: PLC0415
+
             self._prefetcher = Prefetcher(self._prefetch_from)
         # Two threads for postsuper (a hold and a settle may overlap) and the journal's
         # fsync: few threads, so few malloc arenas to grow.

@@ -28,7 +28,7 @@ import sys
 import time
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rescue.errors import RescueError
@@ -80,6 +80,14 @@ def portable(exc: BaseException) -> BaseException:
     return RescueError(str(exc))  # pragma: no cover  (Exception itself always pickles)
 
 
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
+
+
+def astuple(outcome: Outcome) -> tuple[object, ...]:
+    """The outcome's values in field order (dataclasses.astuple would copy them deeply)."""
+    return tuple(getattr(outcome, name) for name in _OUTCOME_FIELDS)
+
+
 def frame(value: object) -> bytes:
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(data)) + data
@@ -121,7 +129,8 @@ class _Outbox:
     def send(self) -> None:
         pending, self._pending = self._pending, []
         if pending and not self._writer.is_closing():
-            self._writer.write(frame(pending))
+            # As tuples: pickling a slotted dataclass asks for its fields each time.
+            self._writer.write(frame([astuple(o) for o in pending]))
 
 
 async def _batches(reader: asyncio.StreamReader) -> AsyncIterator[list[Selected]]:
@@ -304,8 +313,8 @@ class ParallelFlush:
                 worker.end = message
                 self.left_on_hold += message.left_on_hold
                 continue
-            for outcome in message:
-                self._report(outcome)
+            for values in message:
+                self._report(Outcome(*values))
         _, worker.status = await asyncio.to_thread(os.waitpid, worker.pid, 0)
 
     def _report(self, outcome: Outcome) -> None:
