@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
+from rescue.cli.flush_cmd import MAX_WORKERS, worker_count
+from rescue.config import SmarthostConfig
 from rescue.errors import JournalError, PostfixError, PostsuperFailed, QueueFileError, RescueError
 from rescue.flush.parallel import End, frame, portable, read_frame, split, worker_of
 from rescue.journal.store import ACCEPTED, HELD, HOLDING, SENDING, Journal
@@ -106,3 +109,14 @@ def test_recovery_replays_every_workers_side_file(tmp_path: Path) -> None:
     assert states == {keys[0]: ACCEPTED, keys[1]: SENDING, keys[2]: HELD}
     assert worker1.steps_path.read_bytes() == b"" and worker2.steps_path.read_bytes() == b""
     assert HOLDING not in states.values()
+
+
+def test_workers_share_the_smarthosts_connections() -> None:
+    def host(name: str, connections: int) -> SmarthostConfig:
+        return SmarthostConfig(name=name, host="127.0.0.1", max_connections=connections)
+
+    two = [host("a", 8), host("b", 2)]
+    assert worker_count(3, two) == 2  # never more workers than b's connections
+    assert worker_count(1, two) == 1
+    assert worker_count(None, [host("a", 8)]) == min(os.cpu_count() or 1, MAX_WORKERS)
+    assert worker_count(None, [host("a", 1)]) == 1
