@@ -79,8 +79,8 @@ def measure_flush(
     result.update(
         seconds=round(run.seconds, 3),
         messages_per_second=rate(n, run.seconds),
-        # The largest process's own peak, or the whole process tree's sampled sum (a
-        # split flush's workers), whichever is larger.
+        # The largest process's own peak RSS, or the whole process tree's sampled PSS
+        # (a split flush's workers with their parent), whichever is larger.
         peak_rss_mb=round(max(run.max_rss_mb, sampler.peak_mb), 1),
         rss_over_progress=sampler.summary(n),
         cpu_seconds=round(run.cpu_seconds, 2),

@@ -292,9 +292,9 @@ class Sink:
 
 
 class RssSampler:
-    """The measured process's RSS over the flush's progress (the sink's count), sampled:
-    the sum over it and every process it started (a split flush's workers, postsuper),
-    an upper bound, since forked processes share the pages they did not write.
+    """The measured process's memory over the flush's progress (the sink's count),
+    sampled: the PSS of it and every process it started (a split flush's workers,
+    postsuper) added up, which counts each shared page once.
 
     Peak RSS alone cannot tell a memory that grows with the queue from one that
     fills up to a plateau early on; the samples can: compare the second half of a
@@ -323,7 +323,7 @@ class RssSampler:
             if pid is None:
                 pid = _only_child(trampoline)
                 continue
-            rss = _tree_rss_kib(pid)
+            rss = _tree_pss_kib(pid)
             if rss is None:
                 return  # it has ended
             self.samples.append((self._progress(), rss))
@@ -356,9 +356,11 @@ def _only_child(pid: int) -> int | None:
     return int(children[0]) if children else None
 
 
-def _tree_rss_kib(pid: int) -> int | None:
-    """RSS of the process and all its descendants; None once the process has ended."""
-    own = _rss_kib(pid)
+def _tree_pss_kib(pid: int) -> int | None:
+    """Memory of the process and all its descendants: the sum of their proportional set
+    sizes (PSS: a page shared by k of them counts 1/k in each, so the sum is what they
+    use together; forked workers share most of their pages). None once it has ended."""
+    own = _pss_kib(pid)
     if own is None:
         return None
     total, todo = own, [pid]
@@ -369,15 +371,15 @@ def _tree_rss_kib(pid: int) -> int | None:
             with contextlib.suppress(OSError):
                 children += task.read_text().split()
         for child in map(int, children):
-            total += _rss_kib(child) or 0
+            total += _pss_kib(child) or 0
             todo.append(child)
     return total
 
 
-def _rss_kib(pid: int) -> int | None:
+def _pss_kib(pid: int) -> int | None:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except (OSError, ValueError):
         return None
