@@ -45,22 +45,31 @@ class Reply:
 
 def parse_replies(buffer: bytearray, lines: list[bytes]) -> list[Reply]:
     """Take every complete reply out of `buffer`; `lines` holds an unfinished multi-line one."""
+    last = buffer.rfind(b"\n")
+    if last < 0:
+        if len(buffer) > MAX_LINE:
+            raise ReplyError("reply line too long")
+        return []
+    complete = bytes(buffer[: last + 1])
+    del buffer[: last + 1]
+    if len(buffer) > MAX_LINE:
+        raise ReplyError("reply line too long")
     replies: list[Reply] = []
-    while True:
-        end = buffer.find(b"\n")
-        if end < 0:
-            if len(buffer) > MAX_LINE:
-                raise ReplyError("reply line too long")
-            return replies
-        line = bytes(buffer[:end]).rstrip(b"\r")
-        del buffer[: end + 1]
-        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+    for raw in complete.split(b"\n")[:-1]:  # the lines up to each newline
+        line = raw.rstrip(b"\r")
+        separator = line[3:4]
+        if len(line) < 3 or not line[:3].isdigit() or separator not in (b"", b" ", b"-"):
             raise ReplyError(f"not an SMTP reply: {line[:80]!r}")
-        lines.append(line)
-        if line[3:4] != b"-":
+        if separator == b"-":
+            lines.append(line)
+        elif lines:  # the last line of a multi-line reply
+            lines.append(line)
             text = " ".join(part[4:].decode("utf-8", "replace").strip() for part in lines)
             replies.append(Reply(int(line[:3]), text.strip()))
             lines.clear()
+        else:  # nearly every reply: one line
+            replies.append(Reply(int(line[:3]), line[4:].decode("utf-8", "replace").strip()))
+    return replies
 
 
 class ReplyReader(asyncio.Protocol):
