@@ -233,8 +233,10 @@ def test_journal_failing_mid_flush_is_exit_70_with_nothing_left_on_hold(
     assert {o["action"] for o in result.outcomes.values()} <= {"released", "failed"}
 
 
-def test_broken_and_vanished_files_with_read_ahead(w: World, tmp_path: Path) -> None:
-    # Enough messages that the flush reads queue files ahead in a helper process.
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_broken_and_vanished_files_in_a_large_flush(w: World, tmp_path: Path, workers: str) -> None:
+    # Enough messages that one process reads queue files ahead in a helper process
+    # (--workers 1), or that the flush is split over two processes.
     ids = w.lab.submit_many(
         (
             Submission("alice@example.com", (f"c{i}@kunde{i % 30 + 1}.test",), body(i))
@@ -251,15 +253,15 @@ def test_broken_and_vanished_files_with_read_ahead(w: World, tmp_path: Path) -> 
         postsuper=(
             'REAL/postsuper "$@"; status=$?\n'
             'case " $* " in *" -h "*)\n'
-            f"  truncate -s 40 {hold}/{bad}\n"
+            f"  truncate -c -s 40 {hold}/{bad}\n"  # once it is on hold: a worker's own hold
             f'  echo {gone} | REAL/postsuper -c "$2" -d - hold;;\n'
             "esac\n"
             "exit $status\n"
         ),
     )
 
-    result = w.rescue("read-ahead", command_dir=commands).run(
-        "flush", "--provider", "ionos", "--json"
+    result = w.rescue(f"large-{workers}", command_dir=commands).run(
+        "flush", "--provider", "ionos", "--json", "--workers", workers
     )
 
     assert result.code == 1
