@@ -253,9 +253,14 @@ class ParallelFlush:
                 return await flush.run(chain(first, batches))
             finally:
                 self.left_on_hold = flush.left_on_hold
+        try:
+            await self._start()
+        except OSError as exc:  # fork: EAGAIN, ENOMEM (those forked have ended)
+            log.warning("cannot start flush workers (%s); flushing in this process", exc)
+            self._count = 1
+            return await self.run(chain(first, batches))
         self.workers_used = self._count
         log.info("flush split over %d worker processes", self._count)
-        await self._start()
         interrupted, error = False, None
         try:
             await self._feed(chain(first, batches))
@@ -286,6 +291,20 @@ class ParallelFlush:
         sys.stderr.flush()
         parent = os.getpid()
         kept: list[socket.socket] = []  # this process's ends of the pairs made so far
+        try:
+            self._fork(parent, kept)
+        except OSError:
+            for sock in kept:  # those forked see the end of their selection and exit
+                sock.close()
+            for worker in self._workers:  # no thread yet: a fork may still follow
+                os.waitpid(worker.pid, 0)
+            self._workers.clear()
+            raise
+        for worker, sock in zip(self._workers, kept, strict=True):
+            reader, worker.writer = await asyncio.open_unix_connection(sock=sock)
+            worker.listener = asyncio.create_task(self._listen(worker, reader))
+
+    def _fork(self, parent: int, kept: list[socket.socket]) -> None:
         for index in range(self._count):
             ours, theirs = socket.socketpair()
             pid = os.fork()
@@ -302,20 +321,32 @@ class ParallelFlush:
             theirs.close()
             kept.append(ours)
             self._workers.append(_Worker(index, pid))
-        for worker, sock in zip(self._workers, kept, strict=True):
-            reader, worker.writer = await asyncio.open_unix_connection(sock=sock)
-            worker.listener = asyncio.create_task(self._listen(worker, reader))
 
     async def _listen(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
-        """The worker's outcomes until it ends; then it is reaped."""
-        while (message := await read_frame(reader)) is not None:
-            if isinstance(message, End):
-                worker.end = message
-                self.left_on_hold += message.left_on_hold
-                continue
-            for values in message:
-                self._report(Outcome(*values))
-        _, worker.status = await asyncio.to_thread(os.waitpid, worker.pid, 0)
+        """The worker's outcomes until it ends; then it is reaped, whatever came.
+
+        Recovery (repair) must never run while a worker still sends: this returns only
+        once the worker's process has ended.
+        """
+        try:
+            while True:
+                try:
+                    message = await read_frame(reader)
+                    if message is None:
+                        break
+                    self._received(worker, message)
+                except Exception as exc:  # a report we cannot read: the journal has it
+                    log.error("flush worker %d: unreadable report (%r)", worker.index, exc)
+        finally:
+            _, worker.status = await asyncio.to_thread(os.waitpid, worker.pid, 0)
+
+    def _received(self, worker: _Worker, message: Any) -> None:
+        if isinstance(message, End):
+            worker.end = message
+            self.left_on_hold += message.left_on_hold
+            return
+        for values in message:
+            self._report(Outcome(*values))
 
     def _report(self, outcome: Outcome) -> None:
         self.summary.add(outcome)

@@ -21,6 +21,7 @@ import pytest
 import rescue.journal.writer
 from rescue.errors import DeliveryError, JournalError, PostfixError
 from rescue.flush.core import Flush
+from rescue.flush.parallel import ParallelFlush
 from rescue.flush.plan import Outcome, Summary
 from rescue.journal.recovery import recover
 from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
@@ -335,3 +336,33 @@ def test_the_250_survives_a_crash_before_the_writer_commits_it(
     states = journal.states(s.message.key for s in (sent, sending))
     assert states == {sent.message.key: DELETED, sending.message.key: RELEASED}
     assert (journal.steps_path.stat().st_size == 0) == fsync_works
+
+
+def test_a_split_flush_that_cannot_fork_flushes_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = [selected(n) for n in range(1, 6)]
+    queue, smarthost = FakeQueue(s.message.queue_id for s in batch), FakeSmarthost()
+    run, outcomes, _ = flush(tmp_path, queue, smarthost)
+
+    def no_fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    def no_worker(index: int, report: Callable[[Outcome], None]) -> Flush:
+        raise AssertionError("no worker may be built when none could be forked")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    split = ParallelFlush(
+        workers=2,
+        factory=no_worker,
+        single=lambda: run,
+        report=outcomes.append,
+        repair=lambda: None,
+        split_from=1,
+    )
+
+    summary = asyncio.run(split.run(parts(batch)))
+
+    assert sorted(smarthost.sent) == sorted(s.message.queue_id for s in batch)
+    assert set(queue.where.values()) == {"gone"}
+    assert summary.counts["rerouted"] == 5 and split.workers_used == 1
