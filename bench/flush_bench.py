@@ -47,6 +47,7 @@ from bench.measure import (  # noqa: E402
     rescue_config,
 )
 from bench.probes import Sink, busy_share  # noqa: E402
+from bench.relay import measure_relay  # noqa: E402
 from bench.report import machine, postfix_settings, table, tool_identity  # noqa: E402
 from bench.targets import targets  # noqa: E402
 from tests.lab.postfix import PostfixLab  # noqa: E402
@@ -145,6 +146,14 @@ def run(options: Options) -> dict[str, Any]:
             say("Postfix's own reroute")
             report["postfix_reroute"] = measure_postfix_reroute(lab, new_sink("postfix"), n)
             say(f"  {report['postfix_reroute']['seconds']} s")
+        if "relay" not in options.skip:
+            say("the routing relay against direct delivery")
+            routes = {d: provider.next_hop for d in DOMAINS}
+            # The first backlog is still deferred when neither flush nor reroute moved it.
+            deferred = {"flush", "reroute"} <= options.skip
+            report["relay"] = measure_relay(
+                root, lab, messages, options.sessions, new_sink, routes, deferred=deferred
+            )
         if "ceiling" not in options.skip:
             say("smtp-source -> smtp-sink ceiling")
             report["ceiling"] = measure_ceiling(root, new_sink("ceiling"), n)
@@ -173,6 +182,8 @@ def ratios(report: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
     if flush and report.get("ceiling"):
         share = flush["messages_per_second"] / report["ceiling"]["messages_per_second"]
         out["flush_vs_smtp_source_ceiling"] = round(share, 3)
+    if report.get("relay"):
+        out["relay_vs_direct"] = report["relay"]["share_of_direct"]
     if scan:
         out["qshape_vs_scan"] = round(scan["qshape"]["seconds"] / scan["scan"]["seconds"], 2)
         out["qshape_vs_scan_json"] = round(
@@ -211,7 +222,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         "--skip",
         action="append",
         default=[],
-        choices=["scan", "flush", "reroute", "ceiling"],
+        choices=["scan", "flush", "reroute", "relay", "ceiling"],
         help="leave out a measurement (repeatable)",
     )
     parser.add_argument(

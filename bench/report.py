@@ -155,6 +155,10 @@ def table(report: dict[str, Any], out: TextIO) -> None:
             f"{reroute['reload_seconds']:.3f} / {reroute['requeue_seconds']:.3f} / "
             f"{reroute['drain_seconds']:.3f}\n"
         )
+    relay = report.get("relay")
+    if relay:
+        row("Postfix -> smtp-sink directly (postqueue -f)", relay["direct"])
+        row("Postfix -> queue-rescue relay -> smtp-sink", relay["through_relay"])
     row("smtp-source -d -s 8 -> smtp-sink (ceiling)", report.get("ceiling"))
     scan = report.get("scan")
     if scan:
@@ -194,6 +198,16 @@ def table(report: dict[str, Any], out: TextIO) -> None:
             + "; queue empty after each; queue-rescue summary "
             + ", ".join(f"{k}={v}" for k, v in flush["summary"].items() if v)
             + "\n"
+        )
+    if relay:
+        through = relay["through_relay"]
+        w(
+            f"relay: the service's CPU {through['cpu_seconds']:.2f} s while measured, its peak "
+            f"RSS {through['peak_rss_mb']:.1f} MB; checked: sink got "
+            f"{relay['direct']['sink_received']:,} directly, {through['sink_received']:,} "
+            f"through the relay; queue empty after each; relay journal "
+            + ", ".join(f"{k}={v}" for k, v in through["relayed_rows"].items())
+            + f"; {through['relay_refused_logged']} refusals logged\n"
         )
     settings = report.get("postfix_settings", {})
     w("Postfix: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + "\n")
