@@ -94,9 +94,12 @@ class RelayService:
         env = dict(os.environ)
         env.pop("QUEUE_RESCUE_CONFIG", None)
         env.pop("NOTIFY_SOCKET", None)
+        argv = rescue.command("run")
+        if os.environ.get("BENCH_RELAY_PROFILE"):  # diagnosis: cProfile's stats to that file
+            argv[1:1] = ["-m", "cProfile", "-o", os.environ["BENCH_RELAY_PROFILE"]]
         with log.open("w") as err:
             self.proc = subprocess.Popen(
-                rescue.command("run"),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,

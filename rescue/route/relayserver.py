@@ -128,6 +128,49 @@ def parse_params(text: str, allowed: frozenset[str]) -> dict[str, str]:
     return params
 
 
+def unstuff(text: bytes) -> bytes:
+    """RFC 5321 4.5.2: the text without the dot the client put before each line that
+    begins with one (`text` begins at a line's start)."""
+    text = text.replace(b"\n.", b"\n")
+    return text[1:] if text.startswith(b".") else text
+
+
+async def read_data(reader: asyncio.StreamReader, max_size: int) -> bytes | None:
+    """The text after DATA up to the line ".", unstuffed; None if over `max_size`.
+
+    Read in runs up to each ".<CR><LF>", not line by line: a line of its own ends the
+    text only where a <CR><LF> comes before it (or the text is empty). What follows the
+    final dot stays in `reader`: pipelined commands after it are read as commands.
+    """
+    parts: list[bytes] = []
+    raw = 0
+    tail = b"\r\n"  # the DATA line's end: the text begins at a line's start
+    while True:
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                chunk = await reader.readuntil(b".\r\n")
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("the client left during DATA") from exc
+        except asyncio.LimitOverrunError as exc:
+            # No ".<CR><LF>" in the buffered limit: take what cannot begin one, go on.
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                chunk = await reader.readexactly(exc.consumed)
+            ended = False
+        else:
+            ended = (tail + chunk)[-5:-3] == b"\r\n"
+        raw += len(chunk)
+        # Stuffing adds at most a third to a line: this much is over max_size unstuffed.
+        if raw <= 2 * max_size:
+            parts.append(chunk)
+        tail = (tail + chunk)[-2:]
+        if ended:
+            break
+    if raw > 2 * max_size:
+        return None
+    text = unstuff(b"".join(parts)[:-3])
+    return text if len(text) <= max_size else None
+
+
 class _Session:
     """One client connection."""
 
@@ -161,7 +204,8 @@ class _Session:
         kind = "LMTP" if self.lmtp else "ESMTP"
         await self.reply(f"220 {self.hostname} {kind} queue-rescue relay")
         while True:
-            line = await asyncio.wait_for(self.reader.readline(), IDLE_TIMEOUT)
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                line = await self.reader.readline()
             if not line:
                 return
             if not line.endswith(b"\n"):
@@ -253,24 +297,12 @@ class _Session:
         if tx is None or not tx.recipients:
             raise ProtocolError("451 4.5.1 Need RCPT first")
         await self.reply("354 End data with <CR><LF>.<CR><LF>")
-        chunks = []
-        size = 0
-        while True:
-            line = await asyncio.wait_for(self.reader.readline(), IDLE_TIMEOUT)
-            if not line:
-                raise ConnectionResetError("the client left during DATA")
-            if line in (b".\r\n", b".\n"):
-                break
-            if line.startswith(b"."):
-                line = line[1:]
-            size += len(line)
-            if size <= self.max_size:
-                chunks.append(line)
+        data = await read_data(self.reader, self.max_size)
         self.tx = None
-        if size > self.max_size:
+        if data is None:
             await self._answer(tx, Answer(452, "4.3.4 Message too big for the relay path"))
             return
-        tx.data = b"".join(chunks)
+        tx.data = data
         self.idle.clear()
         try:
             await self._answer(tx, await self.deliver(tx))
