@@ -1,7 +1,8 @@
-"""The relay endpoint's DATA reader: the text up to the final dot, unstuffed, in runs.
+"""The relay endpoint's connection reader: command lines, and the text up to the final dot.
 
-A real asyncio StreamReader, fed as the network would feed it (in pieces of any size);
-each result is compared with a line-by-line reading of the same bytes.
+The Inbox protocol is fed as asyncio feeds it from the network (data_received, in
+pieces of any size); each text read is compared with a line-by-line reading of the
+same bytes. Its use by the server on real sockets is in test_relay_server.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rescue.route.relayserver import read_data, unstuff
+from rescue.route.inbox import Inbox, LineTooLong, unstuff
 
 
 def stuffed(lines: list[bytes]) -> bytes:
@@ -31,23 +32,23 @@ def by_lines(wire: bytes) -> tuple[bytes, bytes]:
         out.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
 
 
-async def fed(pieces: list[bytes], *, limit: int = 1 << 16) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader(limit=limit)
-    for piece in pieces:
-        reader.feed_data(piece)
-    return reader
+def inbox(limit: int = 1 << 16) -> Inbox:
+    return Inbox(lambda _inbox: None, timeout=5, line_limit=limit)
 
 
-def read(
-    pieces: list[bytes], max_size: int = 1 << 20, limit: int = 1 << 16
-) -> tuple[object, bytes]:
-    """(read_data's result, what the reader holds after it)."""
+def read(pieces: list[bytes], max_size: int = 1 << 20) -> tuple[object, bytes]:
+    """(the text read, what the inbox holds after it: the commands that follow)."""
 
     async def scenario() -> tuple[object, bytes]:
-        reader = await fed(pieces, limit=limit)
-        result = await read_data(reader, max_size)
-        reader.feed_eof()
-        return result, await reader.read()
+        box = inbox()
+        for piece in pieces:
+            box.data_received(piece)
+        result = await box.text(max_size)
+        box.eof_received()
+        rest = []
+        while line := await box.line():
+            rest.append(line)
+        return result, b"".join(rest)
 
     return asyncio.run(scenario())
 
@@ -80,19 +81,51 @@ def test_over_max_size_is_none_and_the_dot_is_still_found() -> None:
     assert read([wire], max_size=30) == (None, b"QUIT\r\n")
 
 
-def test_text_longer_than_the_buffer_limit() -> None:
-    # No ".\r\n" within the reader's limit: read on in runs, a final dot on the seam.
-    lines = [b"y" * 40, b"." * 7, b"z" * 33]
+def test_the_end_found_on_every_seam_between_two_pieces() -> None:
+    lines = [b"y" * 40, b"." * 7, b"", b"z" * 33]
     wire = stuffed(lines) + b".\r\nQUIT\r\n"
     for cut in range(1, len(wire)):
-        assert read([wire[:cut], wire[cut:]], limit=16) == (by_lines(wire)[0], b"QUIT\r\n")
+        assert read([wire[:cut], wire[cut:]]) == (by_lines(wire)[0], b"QUIT\r\n")
+
+
+def test_a_text_far_over_max_size_is_not_kept_and_its_end_still_found() -> None:
+    wire = b"x" * 997 + b"\r\n" + b"y" * 5000 + b"\r\n.\r\nQUIT\r\n"
+    for cut in (1, 999, 1000, 1001, len(wire) - 12, len(wire) - 9):
+        assert read([wire[:cut], wire[cut:]], max_size=100) == (None, b"QUIT\r\n")
+
+
+def test_command_lines() -> None:
+    async def scenario() -> list[object]:
+        box = inbox(limit=10)
+        box.data_received(b"EHLO x\r\nMA")
+        first = await box.line()
+        box.data_received(b"IL\r\n0123456789AB")
+        second = await box.line()
+        try:
+            await box.line()
+        except LineTooLong:
+            return [first, second, "too long"]
+        return [first, second]
+
+    assert asyncio.run(scenario()) == [b"EHLO x\r\n", b"MAIL\r\n", "too long"]
+
+
+def test_a_silent_client_times_out() -> None:
+    async def scenario() -> None:
+        box = Inbox(lambda _inbox: None, timeout=0.01, line_limit=100)
+        box.data_received(b"EHL")
+        await box.line()
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(scenario())
 
 
 def test_a_client_that_leaves_during_data() -> None:
     async def scenario() -> None:
-        reader = await fed([b"x\r\nhalf."])
-        reader.feed_eof()
-        await read_data(reader, 1000)
+        box = inbox()
+        box.data_received(b"x\r\nhalf.")
+        box.eof_received()
+        await box.text(1000)
 
     with pytest.raises(ConnectionResetError):
         asyncio.run(scenario())
@@ -110,10 +143,10 @@ _LINE = st.lists(st.sampled_from([b".", b"a", b"\r", b" ", b"\xc3\xa4"]), max_si
     lines=st.lists(_LINE, max_size=12),
     after=st.sampled_from([b"", b"QUIT\r\n", b".\r\n", b"MAIL FROM:<>\r\n"]),
     cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=8),
-    limit=st.sampled_from([8, 16, 1 << 16]),
+    max_size=st.sampled_from([4, 40, 1 << 20]),
 )
 def test_same_as_line_by_line(
-    lines: list[bytes], after: bytes, cuts: list[int], limit: int
+    lines: list[bytes], after: bytes, cuts: list[int], max_size: int
 ) -> None:
     wire = stuffed(lines) + b".\r\n" + after
     pieces, start = [], 0
@@ -123,4 +156,5 @@ def test_same_as_line_by_line(
     pieces.append(wire[start:])
     text, rest = by_lines(wire)
     assert text == b"".join(line + b"\r\n" for line in lines)
-    assert read([p for p in pieces if p], limit=limit) == (text, rest)
+    expected = text if len(text) <= max_size else None
+    assert read([p for p in pieces if p], max_size=max_size) == (expected, rest)
