@@ -64,6 +64,7 @@ class Options:
     skip: set[str] = field(default_factory=set)
     smarthost: dict[str, Any] = field(default_factory=dict)
     profile: Path | None = None
+    profile_relay: Path | None = None
     keep: bool = False
     wait_idle: float = 0.0
     output: Path | None = None
@@ -152,7 +153,14 @@ def run(options: Options) -> dict[str, Any]:
             # The first backlog is still deferred when neither flush nor reroute moved it.
             deferred = {"flush", "reroute"} <= options.skip
             report["relay"] = measure_relay(
-                root, lab, messages, options.sessions, new_sink, routes, deferred=deferred
+                root,
+                lab,
+                messages,
+                options.sessions,
+                new_sink,
+                routes,
+                deferred=deferred,
+                profile=options.profile_relay,
             )
         if "ceiling" not in options.skip:
             say("smtp-source -> smtp-sink ceiling")
@@ -242,6 +250,13 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         "those of a profiled run)",
     )
     parser.add_argument(
+        "--profile-relay",
+        type=Path,
+        metavar="FILE",
+        help="run the relay's service under pyinstrument and write its report to FILE "
+        "(as --profile; the relay figures are then those of a profiled run)",
+    )
+    parser.add_argument(
         "--wait-idle",
         type=float,
         default=0,
@@ -263,8 +278,9 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
     args = parser.parse_args(argv)
     if args.messages < 1:
         parser.error("--messages must be at least 1")
-    if args.profile is not None and importlib.util.find_spec("pyinstrument") is None:
-        parser.error("--profile needs pyinstrument: pip install pyinstrument")
+    profiled = args.profile is not None or args.profile_relay is not None
+    if profiled and importlib.util.find_spec("pyinstrument") is None:
+        parser.error("--profile and --profile-relay need pyinstrument: pip install pyinstrument")
     options = Options(
         messages=args.messages,
         sessions=max(1, args.sessions),
@@ -272,6 +288,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         skip=set(args.skip),
         smarthost=dict(args.smarthost_option),
         profile=args.profile.resolve() if args.profile else None,
+        profile_relay=args.profile_relay.resolve() if args.profile_relay else None,
         keep=args.keep,
         wait_idle=max(0.0, args.wait_idle),
         output=args.output,

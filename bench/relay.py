@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backlog import create_backlog, queued_files
-from bench.common import DOMAINS, PROVIDER, SINK_POLL, BenchError, say
+from bench.common import DOMAINS, PROFILE_RENDERERS, PROVIDER, SINK_POLL, BenchError, say
 from bench.measure import rate
 from bench.probes import Sink, cpu_ledger, process_cpu
 from tests.integration.rescue_cli import Rescue, smarthost_entry
@@ -89,14 +89,16 @@ def relay_rescue(root: Path, lab: PostfixLab, sink: Sink, table: Path) -> Rescue
 class RelayService:
     """`queue-rescue run` in its own process group, its log in a file."""
 
-    def __init__(self, rescue: Rescue, log: Path) -> None:
+    def __init__(self, rescue: Rescue, log: Path, profile: Path | None = None) -> None:
+        """`profile`: run the service under pyinstrument, its report to that file."""
         self.log_path = log
         env = dict(os.environ)
         env.pop("QUEUE_RESCUE_CONFIG", None)
         env.pop("NOTIFY_SOCKET", None)
         argv = rescue.command("run")
-        if os.environ.get("BENCH_RELAY_PROFILE"):  # diagnosis: cProfile's stats to that file
-            argv[1:1] = ["-m", "cProfile", "-o", os.environ["BENCH_RELAY_PROFILE"]]
+        if profile is not None:
+            renderer = PROFILE_RENDERERS.get(profile.suffix, "text")
+            argv[1:1] = ["-m", "pyinstrument", "-r", renderer, "-o", str(profile)]
         with log.open("w") as err:
             self.proc = subprocess.Popen(
                 argv,
@@ -172,10 +174,12 @@ def measure_relay(
     provider_routes: Mapping[str, str],
     *,
     deferred: bool,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Direct delivery, then delivery through the relay, of the backlog each time.
     `provider_routes`: the lab's transports to the fake provider that defers the backlog;
-    `deferred`: whether the queue holds the backlog already (else it is created first)."""
+    `deferred`: whether the queue holds the backlog already (else it is created first);
+    `profile`: run the service under pyinstrument (its figures are then a profiled run's)."""
     n = len(messages)
     out: dict[str, Any] = {"setup": {}}
 
@@ -201,7 +205,7 @@ def measure_relay(
         done = rescue.run(*args)
         if done.code != 0:
             raise BenchError(f"queue-rescue {' '.join(args)} exited {done.code}: {done.stderr}")
-    service = RelayService(rescue, root / "relay-service.log")
+    service = RelayService(rescue, root / "relay-service.log", profile)
     try:
         service.wait_log(f"route table hash:{table}: {len(DOMAINS)} domains")
         service.wait_idle()  # its first cycle (a scan of the queue) is over
@@ -213,6 +217,7 @@ def measure_relay(
         # The relay's process: CPU while measured, its peak RSS since it started.
         through["cpu_seconds"] = round(service.cpu() - cpu_before, 2)
         through["peak_rss_mb"] = service.peak_rss_mb()
+        through["profiled"] = profile is not None
         ledger = through["cpu"]  # the service is not the benchmark's waited-for child
         ledger["relay_seconds"] = through["cpu_seconds"]
         ledger["other_seconds"] = round(

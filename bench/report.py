@@ -158,7 +158,8 @@ def table(report: dict[str, Any], out: TextIO) -> None:
     relay = report.get("relay")
     if relay:
         row("Postfix -> smtp-sink directly (postqueue -f)", relay["direct"])
-        row("Postfix -> queue-rescue relay -> smtp-sink", relay["through_relay"])
+        profiled = " (profiled)" if relay["through_relay"].get("profiled") else ""
+        row("Postfix -> queue-rescue relay -> smtp-sink" + profiled, relay["through_relay"])
     row("smtp-source -d -s 8 -> smtp-sink (ceiling)", report.get("ceiling"))
     scan = report.get("scan")
     if scan:
