@@ -65,6 +65,7 @@ class Options:
     smarthost: dict[str, Any] = field(default_factory=dict)
     profile: Path | None = None
     profile_relay: Path | None = None
+    relay_listen: str = "inet"
     keep: bool = False
     wait_idle: float = 0.0
     output: Path | None = None
@@ -161,6 +162,7 @@ def run(options: Options) -> dict[str, Any]:
                 routes,
                 deferred=deferred,
                 profile=options.profile_relay,
+                listen=options.relay_listen,
             )
         if "ceiling" not in options.skip:
             say("smtp-source -> smtp-sink ceiling")
@@ -257,6 +259,14 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         "(as --profile; the relay figures are then those of a profiled run)",
     )
     parser.add_argument(
+        "--relay-listen",
+        choices=["inet", "unix"],
+        default="inet",
+        help="the relay endpoint on loopback TCP, Postfix's smtp client (the default, as "
+        "[route] relay_listen's), or on a unix socket in Postfix's queue directory, its "
+        "lmtp client",
+    )
+    parser.add_argument(
         "--wait-idle",
         type=float,
         default=0,
@@ -289,6 +299,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         smarthost=dict(args.smarthost_option),
         profile=args.profile.resolve() if args.profile else None,
         profile_relay=args.profile_relay.resolve() if args.profile_relay else None,
+        relay_listen=args.relay_listen,
         keep=args.keep,
         wait_idle=max(0.0, args.wait_idle),
         output=args.output,

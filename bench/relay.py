@@ -68,9 +68,15 @@ def release(lab: PostfixLab, sink: Sink, n: int, what: str) -> dict[str, Any]:
     return result
 
 
-def relay_rescue(root: Path, lab: PostfixLab, sink: Sink, table: Path) -> Rescue:
-    """The service's config: one smarthost (the sink), the provider's 30 domains, [route]."""
+def relay_rescue(root: Path, lab: PostfixLab, sink: Sink, table: Path, listen: str) -> Rescue:
+    """The service's config: one smarthost (the sink), the provider's 30 domains, [route]
+    with the relay endpoint on loopback TCP (`listen` "inet") or a unix socket in
+    Postfix's queue directory ("unix", LMTP)."""
     domains = ", ".join(json.dumps(d) for d in DOMAINS)
+    if listen == "unix":
+        relay_listen = f"unix:{lab.queue_dir / 'private' / 'queue-rescue-bench'}"
+    else:
+        relay_listen = f"127.0.0.1:{free_port()}"
     return Rescue(
         root,
         lab,
@@ -80,7 +86,7 @@ def relay_rescue(root: Path, lab: PostfixLab, sink: Sink, table: Path) -> Rescue
             "[dns]\nenabled = false\n\n"
             f'[service]\ninterval = "{SERVICE_INTERVAL}"\n\n'
             f'[route]\nmap = "hash:{table}"\n'
-            f'relay_listen = "127.0.0.1:{free_port()}"\n'
+            f'relay_listen = "{relay_listen}"\n'
             'probe_interval = "1h"\n'
         ),
     )
@@ -175,6 +181,7 @@ def measure_relay(
     *,
     deferred: bool,
     profile: Path | None = None,
+    listen: str = "inet",
 ) -> dict[str, Any]:
     """Direct delivery, then delivery through the relay, of the backlog each time.
     `provider_routes`: the lab's transports to the fake provider that defers the backlog;
@@ -200,7 +207,7 @@ def measure_relay(
     table = root / "route" / "table"
     table.parent.mkdir(parents=True, exist_ok=True)
     table.parent.chmod(0o755)
-    rescue = relay_rescue(root / "relay-rescue", lab, relay_sink, table)
+    rescue = relay_rescue(root / "relay-rescue", lab, relay_sink, table, listen)
     for args in (("route", "init"), ("route", "set", PROVIDER, "rerouting")):
         done = rescue.run(*args)
         if done.code != 0:
