@@ -8,6 +8,8 @@ lab), then measures on it:
   transport_maps to the sink, `postfix reload`, `postsuper -r ALL deferred`,
   `postqueue -f`, until the queue is empty;
 - `queue-rescue scan` and `scan --json` against `qshape deferred` on the same queue;
+- Postfix delivering a backlog through queue-rescue's routing relay (the service with
+  `[route]`) to `smtp-sink`, against delivering one to `smtp-sink` directly (relay.py);
 - peak RSS and CPU time of each queue-rescue process;
 - `smtp-source` into `smtp-sink` with the same message, the SMTP ceiling of the machine.
 
