@@ -36,8 +36,11 @@ SESSIONS = 20  # as the lab Postfix's destination concurrency
 log = logging.getLogger("bench.relay_alone")
 
 
-async def relay_run(folder: Path, sink: Sink, messages: int) -> tuple[float, float]:
-    """(wall seconds, the relay's CPU seconds) for `messages` through the relay."""
+async def relay_run(
+    folder: Path, sink: Sink, messages: int, unix: bool = False
+) -> tuple[float, float]:
+    """(wall seconds, the relay's CPU seconds) for `messages` through the relay; `unix`:
+    the endpoint on a unix socket (LMTP) instead of loopback TCP (SMTP)."""
     host = SmarthostConfig(name="sink", host="127.0.0.1", port=sink.port, tls="none")
     pool = Dispatcher([host], RELAY_RETRY)
 
@@ -53,13 +56,18 @@ async def relay_run(folder: Path, sink: Sink, messages: int) -> tuple[float, flo
         report=report,
     )
     server = RelayServer(relay, hostname="relay.bench.test")
-    await server.start(("inet", "127.0.0.1", 0))
+    if unix:
+        await server.start(("unix", str(folder / "relay.sock"), 0))
+        where, lmtp = f"unix:{folder / 'relay.sock'}", ["-L"]
+    else:
+        await server.start(("inet", "127.0.0.1", 0))
+        where, lmtp = f"127.0.0.1:{server.port}", []
     sample = folder / "message.eml"
     sample.write_bytes(message(1).message)
-    argv = [sbin("smtp-source"), "-d", "-s", str(SESSIONS), "-m", str(messages)]
+    argv = [sbin("smtp-source"), *lmtp, "-d", "-s", str(SESSIONS), "-m", str(messages)]
     argv += ["-f", message(1).sender, "-t", message(1).recipients[0], "-F", str(sample)]
     start, cpu = time.perf_counter(), time.process_time()
-    source = await asyncio.create_subprocess_exec(*argv, f"127.0.0.1:{server.port}")
+    source = await asyncio.create_subprocess_exec(*argv, where)
     if await source.wait() != 0:
         raise SystemExit("smtp-source failed")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -71,6 +79,9 @@ async def relay_run(folder: Path, sink: Sink, messages: int) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", "-n", type=int, default=2000)
+    parser.add_argument(
+        "--unix", action="store_true", help="the endpoint on a unix socket (LMTP), not TCP"
+    )
     parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile's stats to FILE")
     args = parser.parse_args()
     logging.basicConfig(filename="/dev/null", level=logging.INFO)
@@ -81,7 +92,7 @@ def main() -> None:
     try:
         if profiler is not None:
             profiler.enable()
-        seconds, cpu = asyncio.run(relay_run(folder, sink, args.messages))
+        seconds, cpu = asyncio.run(relay_run(folder, sink, args.messages, args.unix))
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
