@@ -210,6 +210,15 @@ def table(report: dict[str, Any], out: TextIO) -> None:
             + ", ".join(f"{k}={v}" for k, v in through["relayed_rows"].items())
             + f"; {through['relay_refused_logged']} refusals logged\n"
         )
+        direct_cpu = relay["direct"]["cpu"]
+        spent = direct_cpu["postfix_seconds"] + direct_cpu["sink_seconds"]
+        ledger = through["cpu"]
+        relay_spent = ledger["postfix_seconds"] + ledger["sink_seconds"] + through["cpu_seconds"]
+        w(
+            f"relay: CPU seconds of the delivery directly {spent:.2f} (Postfix + sink), through "
+            f"the relay {relay_spent:.2f} (Postfix + relay + sink): the share a CPU-bound "
+            f"machine allows is about {spent / relay_spent:.0%}\n"
+        )
     settings = report.get("postfix_settings", {})
     w("Postfix: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + "\n")
     w(f"queue-rescue smarthost options: {report.get('smarthost_options')}\n")
