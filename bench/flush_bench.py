@@ -8,6 +8,8 @@ lab), then measures on it:
   transport_maps to the sink, `postfix reload`, `postsuper -r ALL deferred`,
   `postqueue -f`, until the queue is empty;
 - `queue-rescue scan` and `scan --json` against `qshape deferred` on the same queue;
+- Postfix delivering a backlog through queue-rescue's routing relay (the service with
+  `[route]`) to `smtp-sink`, against delivering one to `smtp-sink` directly (relay.py);
 - peak RSS and CPU time of each queue-rescue process;
 - `smtp-source` into `smtp-sink` with the same message, the SMTP ceiling of the machine.
 
@@ -47,6 +49,7 @@ from bench.measure import (  # noqa: E402
     rescue_config,
 )
 from bench.probes import Sink, busy_share  # noqa: E402
+from bench.relay import measure_relay  # noqa: E402
 from bench.report import machine, postfix_settings, table, tool_identity  # noqa: E402
 from bench.targets import targets  # noqa: E402
 from tests.lab.postfix import PostfixLab  # noqa: E402
@@ -63,6 +66,8 @@ class Options:
     skip: set[str] = field(default_factory=set)
     smarthost: dict[str, Any] = field(default_factory=dict)
     profile: Path | None = None
+    profile_relay: Path | None = None
+    relay_listen: str = "inet"
     keep: bool = False
     wait_idle: float = 0.0
     output: Path | None = None
@@ -145,6 +150,22 @@ def run(options: Options) -> dict[str, Any]:
             say("Postfix's own reroute")
             report["postfix_reroute"] = measure_postfix_reroute(lab, new_sink("postfix"), n)
             say(f"  {report['postfix_reroute']['seconds']} s")
+        if "relay" not in options.skip:
+            say("the routing relay against direct delivery")
+            routes = {d: provider.next_hop for d in DOMAINS}
+            # The first backlog is still deferred when neither flush nor reroute moved it.
+            deferred = {"flush", "reroute"} <= options.skip
+            report["relay"] = measure_relay(
+                root,
+                lab,
+                messages,
+                options.sessions,
+                new_sink,
+                routes,
+                deferred=deferred,
+                profile=options.profile_relay,
+                listen=options.relay_listen,
+            )
         if "ceiling" not in options.skip:
             say("smtp-source -> smtp-sink ceiling")
             report["ceiling"] = measure_ceiling(root, new_sink("ceiling"), n)
@@ -173,6 +194,8 @@ def ratios(report: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
     if flush and report.get("ceiling"):
         share = flush["messages_per_second"] / report["ceiling"]["messages_per_second"]
         out["flush_vs_smtp_source_ceiling"] = round(share, 3)
+    if report.get("relay"):
+        out["relay_vs_direct"] = report["relay"]["share_of_direct"]
     if scan:
         out["qshape_vs_scan"] = round(scan["qshape"]["seconds"] / scan["scan"]["seconds"], 2)
         out["qshape_vs_scan_json"] = round(
@@ -211,7 +234,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         "--skip",
         action="append",
         default=[],
-        choices=["scan", "flush", "reroute", "ceiling"],
+        choices=["scan", "flush", "reroute", "relay", "ceiling"],
         help="leave out a measurement (repeatable)",
     )
     parser.add_argument(
@@ -229,6 +252,21 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         help="run the flush under pyinstrument and write its report to FILE: text, or html, "
         "json, pyisession by suffix (pip install pyinstrument; the flush figures are then "
         "those of a profiled run)",
+    )
+    parser.add_argument(
+        "--profile-relay",
+        type=Path,
+        metavar="FILE",
+        help="run the relay's service under pyinstrument and write its report to FILE "
+        "(as --profile; the relay figures are then those of a profiled run)",
+    )
+    parser.add_argument(
+        "--relay-listen",
+        choices=["inet", "unix"],
+        default="inet",
+        help="the relay endpoint on loopback TCP, Postfix's smtp client (the default, as "
+        "[route] relay_listen's), or on a unix socket in Postfix's queue directory, its "
+        "lmtp client",
     )
     parser.add_argument(
         "--wait-idle",
@@ -252,8 +290,9 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
     args = parser.parse_args(argv)
     if args.messages < 1:
         parser.error("--messages must be at least 1")
-    if args.profile is not None and importlib.util.find_spec("pyinstrument") is None:
-        parser.error("--profile needs pyinstrument: pip install pyinstrument")
+    profiled = args.profile is not None or args.profile_relay is not None
+    if profiled and importlib.util.find_spec("pyinstrument") is None:
+        parser.error("--profile and --profile-relay need pyinstrument: pip install pyinstrument")
     options = Options(
         messages=args.messages,
         sessions=max(1, args.sessions),
@@ -261,6 +300,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, bool]:
         skip=set(args.skip),
         smarthost=dict(args.smarthost_option),
         profile=args.profile.resolve() if args.profile else None,
+        profile_relay=args.profile_relay.resolve() if args.profile_relay else None,
+        relay_listen=args.relay_listen,
         keep=args.keep,
         wait_idle=max(0.0, args.wait_idle),
         output=args.output,

@@ -155,6 +155,11 @@ def table(report: dict[str, Any], out: TextIO) -> None:
             f"{reroute['reload_seconds']:.3f} / {reroute['requeue_seconds']:.3f} / "
             f"{reroute['drain_seconds']:.3f}\n"
         )
+    relay = report.get("relay")
+    if relay:
+        row("Postfix -> smtp-sink directly (postqueue -f)", relay["direct"])
+        profiled = " (profiled)" if relay["through_relay"].get("profiled") else ""
+        row("Postfix -> queue-rescue relay -> smtp-sink" + profiled, relay["through_relay"])
     row("smtp-source -d -s 8 -> smtp-sink (ceiling)", report.get("ceiling"))
     scan = report.get("scan")
     if scan:
@@ -194,6 +199,25 @@ def table(report: dict[str, Any], out: TextIO) -> None:
             + "; queue empty after each; queue-rescue summary "
             + ", ".join(f"{k}={v}" for k, v in flush["summary"].items() if v)
             + "\n"
+        )
+    if relay:
+        through = relay["through_relay"]
+        w(
+            f"relay: the service's CPU {through['cpu_seconds']:.2f} s while measured, its peak "
+            f"RSS {through['peak_rss_mb']:.1f} MB; checked: sink got "
+            f"{relay['direct']['sink_received']:,} directly, {through['sink_received']:,} "
+            f"through the relay; queue empty after each; relay journal "
+            + ", ".join(f"{k}={v}" for k, v in through["relayed_rows"].items())
+            + f"; {through['relay_refused_logged']} refusals logged\n"
+        )
+        direct_cpu = relay["direct"]["cpu"]
+        spent = direct_cpu["postfix_seconds"] + direct_cpu["sink_seconds"]
+        ledger = through["cpu"]
+        relay_spent = ledger["postfix_seconds"] + ledger["sink_seconds"] + through["cpu_seconds"]
+        w(
+            f"relay: CPU seconds of the delivery directly {spent:.2f} (Postfix + sink), through "
+            f"the relay {relay_spent:.2f} (Postfix + relay + sink): the share a CPU-bound "
+            f"machine allows is about {spent / relay_spent:.0%}\n"
         )
     settings = report.get("postfix_settings", {})
     w("Postfix: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + "\n")

@@ -3,7 +3,7 @@
 - flush: at least 3x Postfix's own reroute (messages/s), at 2,000 and 10,000 messages;
 - flush peak RSS under 150 MB;
 - scan: faster than qshape at 2,000 messages, at least 1.5x faster at 10,000 (and above);
-- the routing relay: at least 80% of Postfix delivering directly (not measured here yet).
+- the routing relay: Postfix through it at least 80% of Postfix delivering directly.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def scan_goal(messages: int) -> float:
 
 
 def targets(report: dict[str, Any]) -> list[Target]:
-    """Every target the report has figures for, and the relay's as not measured."""
+    """Every target, each as not measured when the report has no figures for it."""
     out: list[Target] = []
     flush, reroute, scan = report.get("flush"), report.get("postfix_reroute"), report.get("scan")
     if flush and reroute and reroute["messages_per_second"]:
@@ -108,7 +108,7 @@ def targets(report: dict[str, Any]) -> list[Target]:
                 share,
                 f"{share:.0%}",
                 f">= {RELAY_VS_DIRECT:.0%}",
-                share >= RELAY_VS_DIRECT,
+                meets("relay_vs_direct", share, 0),
             )
         )
     else:

@@ -94,6 +94,14 @@ class RouteStore:
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db, self.path)
 
+    def _write(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
+        """One statement, its own transaction (autocommit: isolation_level None): for
+        each relayed message, spares the BEGIN and COMMIT round of `_transaction`."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql, args).fetchall()
@@ -177,20 +185,18 @@ class RouteStore:
         self, queue_id: str, provider: str | None, sender: str, recipients: Iterable[str]
     ) -> int:
         now = self._clock()
-        with self._transaction() as db:
-            cur = db.execute(
-                "INSERT INTO relayed(queue_id, provider, sender, recipients, state, started,"
-                " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (queue_id, provider, sender, json.dumps(list(recipients)), RELAYING, now, now),
-            )
+        cur = self._write(
+            "INSERT INTO relayed(queue_id, provider, sender, recipients, state, started,"
+            " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (queue_id, provider, sender, json.dumps(list(recipients)), RELAYING, now, now),
+        )
         return int(cur.lastrowid or 0)
 
     def relay_ended(self, row: int, state: str, smarthost: str | None, reply: str) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE relayed SET state = ?, smarthost = ?, reply = ?, updated = ? WHERE id = ?",
-                (state, smarthost, reply, self._clock(), row),
-            )
+        self._write(
+            "UPDATE relayed SET state = ?, smarthost = ?, reply = ?, updated = ? WHERE id = ?",
+            (state, smarthost, reply, self._clock(), row),
+        )
 
     def unanswered(self) -> list[Relayed]:
         """Relays left open by a crash, now marked uncertain: each may be delivered twice."""

@@ -187,3 +187,30 @@ def test_close_waits_for_a_transaction_in_flight_and_cuts_idle_sessions() -> Non
         return answer
 
     assert asyncio.run(scenario()) == ["250 2.0.0 Ok"]
+
+
+def test_commands_pipelined_after_the_final_dot_are_answered_after_it() -> None:
+    """Postfix may send QUIT (or the next MAIL) in the same write as the final dot."""
+    got: list[Transaction] = []
+
+    async def scenario() -> list[list[str]]:
+        server, connect = await serve(
+            ("inet", "127.0.0.1", 0), recording(Answer(250, "2.0.0 Ok: relayed"), got)
+        )
+        try:
+            c = await connect()
+            await c.send("EHLO postfix.test")
+            await c.send("MAIL FROM:<a@example.com>", "RCPT TO:<b@kunde1.de>", "DATA")
+            first = [*await c.send(b"one\r\n.\r\nMAIL FROM:<c@example.com>\r\n"), await c.reply()]
+            second = await c.send("RCPT TO:<d@kunde2.de>", "DATA")
+            c.writer.write(b".\r\nQUIT\r\n")
+            return [*first, *second, await c.reply(), await c.reply()]
+        finally:
+            await server.close()
+
+    replies = asyncio.run(scenario())
+    assert [r[0][:3] for r in replies] == ["250", "250", "250", "354", "250", "221"]
+    assert [(tx.sender, tx.data) for tx in got] == [
+        ("a@example.com", b"one\r\n"),
+        ("c@example.com", b""),
+    ]
