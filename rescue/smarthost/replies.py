@@ -72,15 +72,22 @@ def parse_replies(buffer: bytearray, lines: list[bytes]) -> list[Reply]:
     return replies
 
 
-class ReplyReader(asyncio.Protocol):
+# Bytes read from the socket at once: replies are short.
+READ_SIZE = 1 << 14
+
+
+class ReplyReader(asyncio.BufferedProtocol):
     """The protocol of a taken-over SMTP connection: writes as given, replies in order.
 
     It follows the transport's flow control (pause_writing/resume_writing), so that
-    drain() can wait until a large message has really been handed to the kernel.
+    drain() can wait until a large message has really been handed to the kernel. A
+    BufferedProtocol: asyncio reads into one buffer kept for the connection, not into a
+    fresh 256 KiB bytes object for each read.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self._read = memoryview(bytearray(READ_SIZE))
         self._buffer = bytearray()
         self._lines: list[bytes] = []
         self._replies: deque[Reply] = deque()
@@ -95,7 +102,13 @@ class ReplyReader(asyncio.Protocol):
     def open(self) -> bool:
         return self._broken is None and not self.transport.is_closing()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._buffer += data
         try:
             self._replies.extend(parse_replies(self._buffer, self._lines))
