@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 from collections import Counter
@@ -21,11 +20,10 @@ import pytest
 
 from tests.integration.kill_runs import kill_runs, postsuper_running, submit_backlog
 from tests.integration.rescue_cli import Rescue, smarthost_entry
-from tests.integration.world import World, body
+from tests.integration.world import World, journal_states, submit
 from tests.lab import wait_for
 from tests.lab.faults import Fault
 from tests.lab.smtpd import RecordingSmarthost
-from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix
 
@@ -56,15 +54,6 @@ def wrapped_commands(folder: Path, real_dir: Path, option: str) -> tuple[Path, P
     return folder, flag, reached
 
 
-def submit(w: World, n: int) -> list[str]:
-    ids = w.lab.submit_many(
-        Submission("alice@example.com", (f"c{i}@kunde{i % 30 + 1}.test",), body(i))
-        for i in range(n)
-    )
-    w.lab.wait_deferred(n)
-    return ids
-
-
 def one_session(w: World, *, timeout: str) -> list[dict[str, Any]]:
     """The smarthost, one session at a time, with this client timeout."""
     return [
@@ -90,11 +79,6 @@ def assert_each_sent_once_or_deferred(w: World, ids: list[str]) -> None:
     assert w.lab.queue_ids("hold") == []
     left = set(w.lab.queue_ids("deferred"))
     assert len(counts) + len(left) == len(ids)
-
-
-def journal_states(rescue: Rescue) -> Counter[str]:
-    with sqlite3.connect(rescue.journal_path) as db:
-        return Counter(state for (state,) in db.execute("SELECT state FROM messages"))
 
 
 def test_sigkill_after_accepted_before_delete(w: World, tmp_path: Path) -> None:

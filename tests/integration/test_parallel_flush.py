@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,30 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.integration.kill_runs import FLUSH, kill_runs, submit_backlog
-from tests.integration.rescue_cli import Rescue, smarthost_entry
-from tests.integration.world import World, body
+from tests.integration.rescue_cli import smarthost_entry
+from tests.integration.world import World, journal_states, submit
 from tests.lab import wait_for
 from tests.lab.faults import Fault
 from tests.lab.smtpd import RecordingSmarthost
-from tests.lab.submission import Submission
 
 pytestmark = pytest.mark.postfix
 
 TWO = ("--workers", "2")
-
-
-def submit(w: World, n: int) -> list[str]:
-    ids = w.lab.submit_many(
-        Submission("alice@example.com", (f"p{i}@kunde{i % 30 + 1}.test",), body(i))
-        for i in range(n)
-    )
-    w.lab.wait_deferred(n)
-    return ids
-
-
-def journal_states(rescue: Rescue) -> Counter[str]:
-    with sqlite3.connect(rescue.journal_path) as db:
-        return Counter(state for (state,) in db.execute("SELECT state FROM messages"))
 
 
 def received_once(w: World) -> Counter[tuple[str, ...]]:

@@ -8,6 +8,8 @@ at a provider we do not reroute; accept.test is delivered normally.
 
 from __future__ import annotations
 
+import sqlite3
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.lab.dns import DnsServer
 from tests.lab.postfix import PostfixLab
 from tests.lab.smtpd import FakeProvider, RecordingSmarthost
+from tests.lab.submission import Submission
 
 IONOS_MX = [(10, "mx00.kundenserver.de"), (10, "mx01.kundenserver.de")]
 CUSTOMER_DOMAINS = [f"kunde{i}.test" for i in range(1, 41)]
@@ -73,3 +76,19 @@ def build_world(root: Path) -> World:
 
 def body(n: int, extra: bytes = b"") -> bytes:
     return b"From: alice@example.com\nSubject: order %d\n\nHello %d.\n%s" % (n, n, extra)
+
+
+def submit(w: World, n: int) -> list[str]:
+    """n messages to the customers (c0@kunde1.test, ...), deferred by the provider."""
+    ids = w.lab.submit_many(
+        Submission("alice@example.com", (f"c{i}@kunde{i % 30 + 1}.test",), body(i))
+        for i in range(n)
+    )
+    w.lab.wait_deferred(n)
+    return ids
+
+
+def journal_states(rescue: Rescue) -> Counter[str]:
+    """How many messages the journal has in each state."""
+    with sqlite3.connect(rescue.journal_path) as db:
+        return Counter(state for (state,) in db.execute("SELECT state FROM messages"))
