@@ -1,0 +1,289 @@
+"""The deferred queue listed from its files, on both CPUs: showq's listing, sooner.
+
+showq (behind `postqueue -j`) reads every queue file and defer log in one
+process and hands each message over twice (to postqueue, then as JSON); for a
+scan of the deferred queue this reads the same files itself, split between
+this process and one forked helper, in showq's order (the directory order,
+hash folders depth first). What rescue.postfix.deferred cannot list exactly
+as showq would, and a queue it cannot read (not root, long queue ids, a
+layout it does not know), raises NotAsShowq: the caller then asks showq.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+from rescue.config import PostfixConfig
+from rescue.model import QueuedMessage
+from rescue.postfix.deferred import (
+    DEFERRED,
+    STAT_READY,
+    FileFacts,
+    ListedRow,
+    NotAsShowq,
+    ShowqParams,
+    deferred_row,
+)
+from rescue.postfix.listing import message_of
+
+DEFER_LOGS = "defer"
+# The parameters asked of postconf, in this order.
+_PARAMETERS = (
+    "queue_directory",
+    "empty_address_recipient",
+    "duplicate_filter_limit",
+    "hash_queue_depth",
+    "hash_queue_names",
+)
+# Short queue ids are upper-case hex; their hash folders are their first characters.
+# Long ones (enable_long_queue_ids) hash otherwise: those queues go to showq.
+_SHORT_ID = frozenset("0123456789ABCDEF")
+# Reading this many files takes about as long as this process's imports meanwhile.
+IMPORT_FILES = 1000
+# Below this many files one process reads them all (a fork costs more than it saves).
+MIN_SPLIT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLayout:
+    """Where showq looks for a deferred message's file and its defer log."""
+
+    queue_dir: str
+    deferred_depth: int  # hash_queue_depth if hash_queue_names names the queue, else 0
+    defer_depth: int
+    params: ShowqParams
+
+    def path(self, queue: str, queue_id: str) -> str:
+        depth = self.deferred_depth if queue == DEFERRED else self.defer_depth
+        return "/".join((self.queue_dir, queue, *queue_id[:depth], queue_id))
+
+
+def layout_of(values: list[str], configured_dir: str | None) -> QueueLayout:
+    """The layout from postconf's answers (in _PARAMETERS' order)."""
+    if len(values) != len(_PARAMETERS):
+        raise NotAsShowq(f"postconf answered {len(values)} lines for {len(_PARAMETERS)}")
+    queue_dir, empty, limit, depth, names = values
+    if not (limit.isdigit() and depth.isdigit()):
+        raise NotAsShowq(f"unexpected duplicate_filter_limit {limit!r} or hash_queue_depth")
+    hashed = set(names.replace(",", " ").split())
+    return QueueLayout(
+        queue_dir=configured_dir or queue_dir,
+        deferred_depth=int(depth) if DEFERRED in hashed else 0,
+        defer_depth=int(depth) if DEFER_LOGS in hashed else 0,
+        params=ShowqParams(empty_address=empty, duplicate_filter_limit=int(limit)),
+    )
+
+
+class DeferredFiles:
+    """Lists the deferred queue from its files; creating it asks postconf at once.
+
+    `start()` forks the helper, which reads the later part of the files while
+    this process goes on (imports what it needs); `messages()` reads the rest
+    here and joins the two. Either raises NotAsShowq: then ask showq.
+    """
+
+    def __init__(self, config: PostfixConfig) -> None:
+        self._configured = str(config.queue_directory) if config.queue_directory else None
+        args = [str(config.command_dir / "postconf"), "-c", str(config.config_dir), "-h"]
+        self._postconf = subprocess.Popen(
+            [*args, *_PARAMETERS],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._layout: QueueLayout | None = None
+        self._mine: list[str] = []
+        self._helper: Helper | None = None
+
+    def layout(self) -> QueueLayout:
+        if self._layout is None:
+            out, _ = self._postconf.communicate()
+            if self._postconf.returncode != 0:
+                raise NotAsShowq(f"postconf exited with {self._postconf.returncode}")
+            lines = out.decode("utf-8", "replace").splitlines()
+            self._layout = layout_of(lines, self._configured)
+        return self._layout
+
+    def start(self) -> None:
+        """Find the files and start the helper on its share of them."""
+        layout = self.layout()
+        try:
+            names = queue_files(f"{layout.queue_dir}/{DEFERRED}", layout.deferred_depth)
+        except OSError as exc:
+            raise NotAsShowq(f"cannot list the deferred queue: {exc}") from None
+        cut = len(names) - helper_share(len(names))
+        self._mine = names[:cut]
+        if cut < len(names):
+            self._helper = Helper(layout, names[cut:])
+
+    def messages(self) -> list[QueuedMessage]:
+        """showq's listing of the deferred queue, as rescue.postfix.listing parses it."""
+        if self._layout is None:
+            self.start()
+        assert self._layout is not None
+        try:
+            rows = read_rows(self._layout, self._mine)
+            theirs = self._helper.rows() if self._helper is not None else []
+        finally:
+            self.close()
+        return [_to_message(row) for row in (*rows, *theirs)]
+
+    def close(self) -> None:
+        """Stop what still runs (after an error here or in the caller)."""
+        if self._postconf.poll() is None:
+            self._postconf.kill()
+            self._postconf.communicate()
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
+
+
+def helper_share(files: int) -> int:
+    """How many of the files the helper reads: more than half, as this process also
+    imports the classifier meanwhile (about as long as reading IMPORT_FILES files)."""
+    if files < MIN_SPLIT:
+        return 0
+    return min(files, (files + IMPORT_FILES) // 2)
+
+
+def queue_files(folder: str, depth: int) -> list[str]:
+    """Queue ids below `folder` in showq's order (mail_scan_dir_next: one-character
+    names are hash folders, entered depth first where they are met)."""
+    found: list[str] = []
+    _walk(folder, depth, "", found)
+    return found
+
+
+def _walk(folder: str, depth: int, prefix: str, found: list[str]) -> None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if len(name) == 1:
+                if not entry.is_dir(follow_symlinks=False):
+                    raise NotAsShowq(f"{entry.path}: a one-character name that is not a folder")
+                _walk(entry.path, depth, prefix + name, found)
+            elif not _SHORT_ID.issuperset(name) or len(prefix) != depth:
+                # A long queue id, a stray name or a file in the wrong folder: showq
+                # decides those (by mail_queue_id_ok and where the id hashes to).
+                raise NotAsShowq(f"{entry.path}: not a short queue id in its hash folder")
+            elif name[:depth] != prefix:
+                raise NotAsShowq(f"{entry.path}: not in its hash folder")
+            else:
+                found.append(name)
+
+
+def read_rows(layout: QueueLayout, names: list[str]) -> list[ListedRow]:
+    """Each listed message as plain values; files gone meanwhile are left out, as showq does."""
+    rows = []
+    for queue_id in names:
+        message = read_message(layout, queue_id)
+        if message is not None:
+            rows.append(message)
+    return rows
+
+
+def read_message(layout: QueueLayout, queue_id: str) -> ListedRow | None:
+    """One message (mail_open_ok, then showq_report); None when showq would skip it."""
+    try:
+        fd = os.open(layout.path(DEFERRED, queue_id), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None  # delivered, or moved to another queue, since the folder was read
+    except OSError as exc:
+        raise NotAsShowq(f"{queue_id}: {exc}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o170000 != 0o100000:
+            raise NotAsShowq(f"{queue_id}: not a regular file")
+        if st.st_mode & STAT_READY != STAT_READY:
+            return None  # not complete: showq passes over it
+        facts = FileFacts(size=st.st_size, mtime=int(st.st_mtime), mode=st.st_mode)
+        defer_log = _defer_log(layout, queue_id)
+        return deferred_row(queue_id, _reader(fd), facts, defer_log, layout.params)
+    finally:
+        os.close(fd)
+
+
+def _reader(fd: int) -> Callable[[int, int], bytes]:
+    def read_at(offset: int, size: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    return read_at
+
+
+def _defer_log(layout: QueueLayout, queue_id: str) -> bytes | None:
+    try:
+        fd = os.open(layout.path(DEFER_LOGS, queue_id), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise NotAsShowq(f"{queue_id}: defer log: {exc}") from None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _to_message(row: ListedRow) -> QueuedMessage:
+    queue_id, arrival, size, sender, expire, recipients = row
+    return message_of(
+        queue_id=queue_id,
+        queue_name=DEFERRED,
+        arrival_time=arrival,
+        size=size,
+        sender=sender,
+        recipients=recipients,
+        forced_expire=expire,
+    )
+
+
+class Helper:
+    """A forked process that reads some of the files and sends back their rows."""
+
+    def __init__(self, layout: QueueLayout, names: list[str]) -> None:
+        read_fd, write_fd = os.pipe()
+        self._pid = os.fork()
+        if self._pid == 0:  # the helper: read, send, leave without Python's clean-up
+            code = 1
+            try:
+                os.close(read_fd)
+                try:
+                    reply: tuple[str, list[ListedRow] | str] = ("rows", read_rows(layout, names))
+                except (NotAsShowq, OSError) as exc:
+                    reply = ("not", str(exc))
+                data = marshal.dumps(reply)
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(data)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        self._pipe: IO[bytes] | None = os.fdopen(read_fd, "rb")
+
+    def rows(self) -> list[ListedRow]:
+        assert self._pipe is not None
+        data = self._pipe.read()
+        status = self.close()
+        if status != 0 or not data:
+            raise NotAsShowq(f"the helper process ended with status {status}")
+        # From the helper forked above, through a pipe of our own: nobody else's bytes.
+        kind, rows = marshal.loads(data)  # noqa: S302
+        if kind != "rows":
+            raise NotAsShowq(str(rows))
+        return list(rows)
+
+    def close(self) -> int:
+        """Wait for the helper; closing the pipe first ends it if it still writes."""
+        if self._pipe is None:
+            return 0
+        self._pipe.close()
+        self._pipe = None
+        _, status = os.waitpid(self._pid, 0)
+        return status
