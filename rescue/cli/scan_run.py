@@ -59,19 +59,20 @@ class _FilesListing:
         return next(self._items)
 
 
-def _deferred_files(cfg: Config) -> Iterator[QueuedMessage | BadLine] | None:
-    """The deferred queue's files, their reading started; None when showq must list them."""
+def _deferred_files(cfg: Config) -> tuple[_FilesListing | None, str | None]:
+    """The deferred queue's files, their reading started (None when showq must list
+    them), and Postfix's relayhost if postconf told it meanwhile."""
     files = DeferredFiles(cfg.postfix)
     try:
         files.start()
     except NotAsShowq as exc:
         files.close()
         log.debug("asking showq: %s", exc)
-        return None
+        return None, files.relayhost
     except BaseException:
         files.close()
         raise
-    return _FilesListing(files, Postfix(cfg.postfix))
+    return _FilesListing(files, Postfix(cfg.postfix)), files.relayhost
 
 
 def run_scan(
@@ -85,18 +86,21 @@ def run_scan(
     (rescue.postfix.deferred_files), when it can; else it asks showq.
     """
     source = None
+    relayhost = None
     if options.spool is not None:
         from rescue.sources.spool import SpoolQueue  # noqa: PLC0415
 
         source = SpoolQueue(options.spool)
         listing = source.listing()
     elif listing is None and options.deferred_only:
-        listing = _deferred_files(cfg)
+        listing, relayhost = _deferred_files(cfg)
     listing = listing or Postfix(cfg.postfix).listing()  # showq starts now, if not yet
     from rescue.cli import scan_view  # noqa: PLC0415  (the classifier: imported meanwhile)
     from rescue.cli.queueview import inventory_of  # noqa: PLC0415
 
-    view = inventory_of(cfg, use_dns=not options.no_dns, source=source, listing=listing)
+    view = inventory_of(
+        cfg, use_dns=not options.no_dns, source=source, listing=listing, relayhost=relayhost
+    )
     scan_view.show(
         view,
         by=options.by,

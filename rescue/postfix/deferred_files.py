@@ -39,6 +39,7 @@ _PARAMETERS = (
     "duplicate_filter_limit",
     "hash_queue_depth",
     "hash_queue_names",
+    "relayhost",  # not for the listing: for the scan's own_relays, saving a postconf
 )
 # Short queue ids are upper-case hex; their hash folders are their first characters.
 # Long ones (enable_long_queue_ids) hash otherwise: those queues go to showq.
@@ -67,7 +68,7 @@ def layout_of(values: list[str], configured_dir: str | None) -> QueueLayout:
     """The layout from postconf's answers (in _PARAMETERS' order)."""
     if len(values) != len(_PARAMETERS):
         raise NotAsShowq(f"postconf answered {len(values)} lines for {len(_PARAMETERS)}")
-    queue_dir, empty, limit, depth, names = values
+    queue_dir, empty, limit, depth, names, _relayhost = values
     if not (limit.isdigit() and depth.isdigit()):
         raise NotAsShowq(f"unexpected duplicate_filter_limit {limit!r} or hash_queue_depth")
     hashed = set(names.replace(",", " ").split())
@@ -97,6 +98,7 @@ class DeferredFiles:
             stderr=subprocess.DEVNULL,
         )
         self._layout: QueueLayout | None = None
+        self.relayhost: str | None = None  # Postfix's, once postconf answered
         self._mine: list[str] = []
         self._helper: Helper | None = None
 
@@ -107,6 +109,7 @@ class DeferredFiles:
                 raise NotAsShowq(f"postconf exited with {self._postconf.returncode}")
             lines = out.decode("utf-8", "replace").splitlines()
             self._layout = layout_of(lines, self._configured)
+            self.relayhost = lines[-1].strip()
         return self._layout
 
     def start(self) -> None:
@@ -180,17 +183,44 @@ def _walk(folder: str, depth: int, prefix: str, found: list[str]) -> None:
 def read_rows(layout: QueueLayout, names: list[str]) -> list[ListedRow]:
     """Each listed message as plain values; files gone meanwhile are left out, as showq does."""
     rows = []
-    for queue_id in names:
-        message = read_message(layout, queue_id)
-        if message is not None:
-            rows.append(message)
+    with _Folders(layout) as folders:
+        for queue_id in names:
+            message = read_message(folders, queue_id)
+            if message is not None:
+                rows.append(message)
     return rows
 
 
-def read_message(layout: QueueLayout, queue_id: str) -> ListedRow | None:
+class _Folders:
+    """Open hash folders, so that each file is opened by its name in one (openat)."""
+
+    def __init__(self, layout: QueueLayout) -> None:
+        self.layout = layout
+        self._fds: dict[tuple[str, str], int] = {}
+
+    def __enter__(self) -> _Folders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def open(self, queue: str, queue_id: str, flags: int) -> int:
+        """The file's descriptor; FileNotFoundError when it (or its folder) is not there."""
+        depth = self.layout.deferred_depth if queue == DEFERRED else self.layout.defer_depth
+        key = (queue, queue_id[:depth])
+        folder = self._fds.get(key)
+        if folder is None:
+            path = "/".join((self.layout.queue_dir, queue, *key[1]))
+            folder = self._fds[key] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        return os.open(queue_id, flags, dir_fd=folder)
+
+
+def read_message(folders: _Folders, queue_id: str) -> ListedRow | None:
     """One message (mail_open_ok, then showq_report); None when showq would skip it."""
     try:
-        fd = os.open(layout.path(DEFERRED, queue_id), os.O_RDONLY | os.O_NOFOLLOW)
+        fd = folders.open(DEFERRED, queue_id, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None  # delivered, or moved to another queue, since the folder was read
     except OSError as exc:
@@ -202,28 +232,36 @@ def read_message(layout: QueueLayout, queue_id: str) -> ListedRow | None:
         if st.st_mode & STAT_READY != STAT_READY:
             return None  # not complete: showq passes over it
         facts = FileFacts(size=st.st_size, mtime=int(st.st_mtime), mode=st.st_mode)
-        defer_log = _defer_log(layout, queue_id)
-        return deferred_row(queue_id, _reader(fd), facts, defer_log, layout.params)
+        defer_log = _defer_log(folders, queue_id)
+        read_at = _reader(fd, st.st_size)
+        return deferred_row(queue_id, read_at, facts, defer_log, folders.layout.params)
     finally:
         os.close(fd)
 
 
-def _reader(fd: int) -> Callable[[int, int], bytes]:
-    def read_at(offset: int, size: int) -> bytes:
-        return os.pread(fd, size, offset)
+def _reader(fd: int, size: int) -> Callable[[int, int], bytes]:
+    def read_at(offset: int, n: int) -> bytes:
+        # No more than the file holds: a large buffer costs more than the read.
+        return os.pread(fd, max(0, min(n, size - offset)), offset)
 
     return read_at
 
 
-def _defer_log(layout: QueueLayout, queue_id: str) -> bytes | None:
+LOG_READ = 1 << 13
+
+
+def _defer_log(folders: _Folders, queue_id: str) -> bytes | None:
     try:
-        fd = os.open(layout.path(DEFER_LOGS, queue_id), os.O_RDONLY)
+        fd = folders.open(DEFER_LOGS, queue_id, os.O_RDONLY)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise NotAsShowq(f"{queue_id}: defer log: {exc}") from None
     try:
-        chunks = []
+        data = os.read(fd, LOG_READ)
+        if len(data) < LOG_READ:
+            return data
+        chunks = [data]
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
         return b"".join(chunks)
