@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from rescue.classify.catalog_cache import BUILTIN_CATALOG, builtin_data
 from rescue.config import ProviderConfig
 from rescue.errors import ConfigError
 
@@ -103,9 +103,6 @@ class Provider:
             if known.search(reason):
                 return known
         return None
-
-
-BUILTIN_CATALOG = "providers.toml"
 
 
 @dataclass(frozen=True)
@@ -208,8 +205,7 @@ def read_builtin() -> tuple[Provider, ...]:
     path = Path(__file__).with_name(BUILTIN_CATALOG)
     # Its patterns are compiled when first matched: most runs match a few of the hundred
     # (tests/unit/test_catalog.py compiles every one).
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    return parse_catalog(data, path, check_patterns=False)
+    return parse_catalog(builtin_data(path.parent), path, check_patterns=False)
 
 
 def merge(builtin: Iterable[Provider], overrides: Sequence[ProviderConfig]) -> Catalog:
