@@ -127,6 +127,7 @@ class _Window:
         self.buf = b""
         self.base = 0
         self._window = CHUNK
+        self._whole = False
         self._jumped_to = 0
         self._reverse_jumps = 0
 
@@ -140,7 +141,7 @@ class _Window:
             try:
                 return read_record(self.buf, rel)
             except RecordError as exc:
-                if self.base + len(self.buf) >= self.size:
+                if self._whole or self.base + len(self.buf) >= self.size:
                     raise NotAsShowq(f"unreadable record: {exc}") from None
                 if self.base == pos:
                     self._window *= 2  # one record longer than the window
@@ -150,6 +151,8 @@ class _Window:
         data = self._read_at(pos, self._window)
         if not data:
             raise NotAsShowq("the queue file ends before its size said")
+        # Less than asked for: the rest of the file is at hand, there is no more to read.
+        self._whole = len(data) < self._window
         self.buf, self.base = data, pos
 
     def jump(self, payload: bytes, pos: int) -> int | None:
