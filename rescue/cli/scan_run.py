@@ -9,13 +9,17 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rescue.config import Config
 from rescue.model import QueuedMessage
 from rescue.postfix.commands import Postfix
 from rescue.postfix.deferred import NotAsShowq
-from rescue.postfix.deferred_files import DeferredFiles
+from rescue.postfix.files_listing import FilesListing, dirs_of
 from rescue.postfix.listing import BadLine
+
+if TYPE_CHECKING:
+    from rescue.postfix.deferred_files import PostfixDirs
 
 log = logging.getLogger(__name__)
 
@@ -38,66 +42,74 @@ class ScanOptions:
         return not self.as_json or self.show_reasons or self.show_unknown_mx
 
 
-class _FilesListing:
-    """The deferred queue's files as a listing: read when first asked (see DeferredFiles)."""
-
-    def __init__(self, files: DeferredFiles, postfix: Postfix) -> None:
-        self._files = files
-        self._postfix = postfix
-        self._items: Iterator[QueuedMessage | BadLine] | None = None
-
-    def __iter__(self) -> Iterator[QueuedMessage | BadLine]:
-        return self
-
-    def __next__(self) -> QueuedMessage | BadLine:
-        if self._items is None:
-            try:
-                self._items = iter(self._files.messages())
-            except NotAsShowq as exc:
-                log.debug("asking showq: %s", exc)
-                self._items = self._postfix.listing()
-        return next(self._items)
-
-
-def _deferred_files(cfg: Config) -> tuple[_FilesListing | None, str | None]:
-    """The deferred queue's files, their reading started (None when showq must list
-    them), and Postfix's relayhost if postconf told it meanwhile."""
-    files = DeferredFiles(cfg.postfix)
+def _files_listing(cfg: Config, early: FilesListing | None) -> FilesListing | None:
+    """The helper reading the deferred queue's files: `early` if it reads the configured
+    Postfix's (rescue.start starts it before the config is loaded), else a new one."""
+    dirs = dirs_of(cfg.postfix)
+    if early is not None:
+        if _same_dirs(early.dirs, dirs):
+            return early
+        early.cancel()
     try:
-        files.start()
-    except NotAsShowq as exc:
-        files.close()
+        return FilesListing(dirs)
+    except OSError as exc:
         log.debug("asking showq: %s", exc)
-        return None, files.relayhost
-    except BaseException:
-        files.close()
-        raise
-    return _FilesListing(files, Postfix(cfg.postfix)), files.relayhost
+        return None
+
+
+def _same_dirs(a: PostfixDirs, b: PostfixDirs) -> bool:
+    return all(
+        (x is None and y is None) or (x is not None and y is not None and Path(x) == Path(y))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def _files_messages(files: FilesListing) -> list[QueuedMessage] | None:
+    """The helper's listing, or None when showq must list the queue."""
+    try:
+        return files.messages()
+    except NotAsShowq as exc:
+        log.debug("asking showq: %s", exc)
+        return None
 
 
 def run_scan(
     cfg: Config,
     options: ScanOptions,
     listing: Iterator[QueuedMessage | BadLine] | None = None,
+    early: FilesListing | None = None,
 ) -> None:
-    """Print the scan; `listing` is live Postfix's listing if it was started already.
+    """Print the scan; `listing` is live Postfix's listing if it was started already,
+    `early` a helper reading the deferred queue's files (see rescue.start).
 
     A scan that shows the deferred queue only reads its files, as showq would
     (rescue.postfix.deferred_files), when it can; else it asks showq.
     """
     source = None
     relayhost = None
-    if options.spool is not None:
-        from rescue.sources.spool import SpoolQueue  # noqa: PLC0415
+    files = None
+    try:
+        if options.spool is not None:
+            from rescue.sources.spool import SpoolQueue  # noqa: PLC0415
 
-        source = SpoolQueue(options.spool)
-        listing = source.listing()
-    elif listing is None and options.deferred_only:
-        listing, relayhost = _deferred_files(cfg)
-    listing = listing or Postfix(cfg.postfix).listing()  # showq starts now, if not yet
-    from rescue.cli import scan_view  # noqa: PLC0415  (the classifier: imported meanwhile)
-    from rescue.cli.queueview import inventory_of  # noqa: PLC0415
+            source = SpoolQueue(options.spool)
+            listing = source.listing()
+        elif listing is None and options.deferred_only:
+            files = _files_listing(cfg, early)
+        if files is not early and early is not None:
+            early.cancel()
+        if files is None:
+            listing = listing or Postfix(cfg.postfix).listing()  # showq starts now, if not yet
+        from rescue.cli import scan_view  # noqa: PLC0415  (the classifier: imported meanwhile)
+        from rescue.cli.queueview import inventory_of  # noqa: PLC0415
 
+        if files is not None:
+            messages = _files_messages(files)
+            relayhost = files.relayhost
+            listing = iter(messages) if messages is not None else Postfix(cfg.postfix).listing()
+    finally:
+        if files is not None:
+            files.cancel()
     view = inventory_of(
         cfg, use_dns=not options.no_dns, source=source, listing=listing, relayhost=relayhost
     )

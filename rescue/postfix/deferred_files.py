@@ -2,11 +2,12 @@
 
 showq (behind `postqueue -j`) reads every queue file and defer log in one
 process and hands each message over twice (to postqueue, then as JSON); for a
-scan of the deferred queue this reads the same files itself, split between
-this process and one forked helper, in showq's order (the directory order,
-hash folders depth first). What rescue.postfix.deferred cannot list exactly
-as showq would, and a queue it cannot read (not root, long queue ids, a
-layout it does not know), raises NotAsShowq: the caller then asks showq.
+scan of the deferred queue this reads the same files itself, in showq's order
+(the directory order, hash folders depth first), split between two processes.
+What rescue.postfix.deferred cannot list exactly as showq would, and a queue it
+cannot read (not root, long queue ids, a layout it does not know), raises
+NotAsShowq: the caller then asks showq. This runs in the helper processes that
+rescue.postfix.files_listing starts.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-from rescue.config import PostfixConfig
-from rescue.model import QueuedMessage
 from rescue.postfix.deferred import (
     DEFERRED,
     STAT_READY,
@@ -29,7 +28,6 @@ from rescue.postfix.deferred import (
     ShowqParams,
     deferred_row,
 )
-from rescue.postfix.listing import message_of
 
 DEFER_LOGS = "defer"
 # The parameters asked of postconf, in this order.
@@ -44,8 +42,6 @@ _PARAMETERS = (
 # Short queue ids are upper-case hex; their hash folders are their first characters.
 # Long ones (enable_long_queue_ids) hash otherwise: those queues go to showq.
 _SHORT_ID = frozenset("0123456789ABCDEF")
-# Reading this many files takes about as long as this process's imports meanwhile.
-IMPORT_FILES = 1000
 # Below this many files one process reads them all (a fork costs more than it saves).
 MIN_SPLIT = 200
 
@@ -80,78 +76,36 @@ def layout_of(values: list[str], configured_dir: str | None) -> QueueLayout:
     )
 
 
-class DeferredFiles:
-    """Lists the deferred queue from its files; creating it asks postconf at once.
+PostfixDirs = tuple[str, str, str | None]  # config_dir, command_dir, queue_directory
 
-    `start()` forks the helper, which reads the later part of the files while
-    this process goes on (imports what it needs); `messages()` reads the rest
-    here and joins the two. Either raises NotAsShowq: then ask showq.
+
+def read_queue(dirs: PostfixDirs) -> tuple[list[ListedRow], str]:
+    """Every deferred message's row, in showq's order, and Postfix's relayhost.
+
+    Runs in the helper process rescue.postfix.files_listing forks; above MIN_SPLIT
+    files it forks one more for the later half, so that both CPUs read.
     """
-
-    def __init__(self, config: PostfixConfig) -> None:
-        self._configured = str(config.queue_directory) if config.queue_directory else None
-        args = [str(config.command_dir / "postconf"), "-c", str(config.config_dir), "-h"]
-        self._postconf = subprocess.Popen(
-            [*args, *_PARAMETERS],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self._layout: QueueLayout | None = None
-        self.relayhost: str | None = None  # Postfix's, once postconf answered
-        self._mine: list[str] = []
-        self._helper: Helper | None = None
-
-    def layout(self) -> QueueLayout:
-        if self._layout is None:
-            out, _ = self._postconf.communicate()
-            if self._postconf.returncode != 0:
-                raise NotAsShowq(f"postconf exited with {self._postconf.returncode}")
-            lines = out.decode("utf-8", "replace").splitlines()
-            self._layout = layout_of(lines, self._configured)
-            self.relayhost = lines[-1].strip()
-        return self._layout
-
-    def start(self) -> None:
-        """Find the files and start the helper on its share of them."""
-        layout = self.layout()
-        try:
-            names = queue_files(f"{layout.queue_dir}/{DEFERRED}", layout.deferred_depth)
-        except OSError as exc:
-            raise NotAsShowq(f"cannot list the deferred queue: {exc}") from None
-        cut = len(names) - helper_share(len(names))
-        self._mine = names[:cut]
-        if cut < len(names):
-            self._helper = Helper(layout, names[cut:])
-
-    def messages(self) -> list[QueuedMessage]:
-        """showq's listing of the deferred queue, as rescue.postfix.listing parses it."""
-        if self._layout is None:
-            self.start()
-        assert self._layout is not None
-        try:
-            rows = read_rows(self._layout, self._mine)
-            theirs = self._helper.rows() if self._helper is not None else []
-        finally:
-            self.close()
-        return [_to_message(row) for row in (*rows, *theirs)]
-
-    def close(self) -> None:
-        """Stop what still runs (after an error here or in the caller)."""
-        if self._postconf.poll() is None:
-            self._postconf.kill()
-            self._postconf.communicate()
-        if self._helper is not None:
-            self._helper.close()
-            self._helper = None
-
-
-def helper_share(files: int) -> int:
-    """How many of the files the helper reads: more than half, as this process also
-    imports the classifier meanwhile (about as long as reading IMPORT_FILES files)."""
-    if files < MIN_SPLIT:
-        return 0
-    return min(files, (files + IMPORT_FILES) // 2)
+    config_dir, command_dir, configured = dirs
+    args = [f"{command_dir}/postconf", "-c", config_dir, "-h", *_PARAMETERS]
+    try:
+        done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    except OSError as exc:
+        raise NotAsShowq(f"cannot run postconf: {exc}") from None
+    if done.returncode != 0:
+        raise NotAsShowq(f"postconf exited with {done.returncode}")
+    values = done.stdout.decode("utf-8", "replace").splitlines()
+    layout = layout_of(values, configured)
+    relayhost = values[-1].strip()
+    names = queue_files(f"{layout.queue_dir}/{DEFERRED}", layout.deferred_depth)
+    if len(names) < MIN_SPLIT:
+        return read_rows(layout, names), relayhost
+    half = len(names) // 2
+    helper = Helper(layout, names[half:])
+    try:
+        rows = read_rows(layout, names[:half])
+        return rows + helper.rows(), relayhost
+    finally:
+        helper.close()
 
 
 def queue_files(folder: str, depth: int) -> list[str]:
@@ -267,19 +221,6 @@ def _defer_log(folders: _Folders, queue_id: str) -> bytes | None:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def _to_message(row: ListedRow) -> QueuedMessage:
-    queue_id, arrival, size, sender, expire, recipients = row
-    return message_of(
-        queue_id=queue_id,
-        queue_name=DEFERRED,
-        arrival_time=arrival,
-        size=size,
-        sender=sender,
-        recipients=recipients,
-        forced_expire=expire,
-    )
 
 
 class Helper:

@@ -3,7 +3,7 @@
 A real Postfix holds mail deferred at RCPT by a fake provider, refused by a closed port,
 and partly delivered to a recording server (a done recipient in the queue file); one
 message has the null sender. Every test holds the reading of the files (in two
-processes: more messages than rescue.postfix.deferred_files.MIN_SPLIT) against
+processes, more messages than rescue.postfix.deferred_files.MIN_SPLIT, or one) against
 `postqueue -j` at that moment, and scan's output against its output from showq's listing.
 """
 
@@ -22,7 +22,8 @@ from rescue.model import QueuedMessage
 from rescue.postfix import deferred_files
 from rescue.postfix.commands import Postfix
 from rescue.postfix.deferred import NotAsShowq
-from rescue.postfix.deferred_files import MIN_SPLIT, DeferredFiles, helper_share
+from rescue.postfix.deferred_files import MIN_SPLIT
+from rescue.postfix.files_listing import FilesListing, dirs_of
 from rescue.postfix.listing import parse_listing
 from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.lab.postfix import PostfixLab
@@ -97,6 +98,14 @@ def showq_deferred(lab: PostfixLab) -> list[QueuedMessage]:
     return [m for m in listed if isinstance(m, QueuedMessage) and m.queue_name == "deferred"]
 
 
+def listed_from_files(cfg: Config) -> list[QueuedMessage]:
+    files = FilesListing(dirs_of(cfg.postfix))
+    try:
+        return files.messages()
+    finally:
+        files.cancel()
+
+
 def scan_output(cfg: Config, capsys: pytest.CaptureFixture[str], *, showq: bool) -> str:
     """`scan --reasons`'s and `scan --by domain`'s output, from the files or from showq."""
     printed = []
@@ -107,14 +116,14 @@ def scan_output(cfg: Config, capsys: pytest.CaptureFixture[str], *, showq: bool)
     return "\n".join(printed)
 
 
-@pytest.mark.parametrize("import_files", [0, deferred_files.IMPORT_FILES])
+@pytest.mark.parametrize("split", [True, False])
 def test_the_files_list_what_showq_lists(
-    lab: PostfixLab, cfg: Config, import_files: int, monkeypatch: pytest.MonkeyPatch
+    lab: PostfixLab, cfg: Config, split: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # With 0 this process reads half of the files, the helper the other half.
-    monkeypatch.setattr(deferred_files, "IMPORT_FILES", import_files)
-    assert helper_share(MESSAGES + 1) > 0
-    from_files = DeferredFiles(cfg.postfix).messages()
+    # Split: two helper processes read half of the files each; else one reads them all.
+    if not split:
+        monkeypatch.setattr(deferred_files, "MIN_SPLIT", MESSAGES + 2)
+    from_files = listed_from_files(cfg)
     assert from_files == showq_deferred(lab)  # the same messages, in the same order
     assert len(from_files) == MESSAGES + 1
     by_id = {m.queue_id: m for m in from_files}
@@ -145,7 +154,7 @@ def test_held_mail_and_a_lost_defer_log(lab: PostfixLab, cfg: Config) -> None:
     # them from the queue file, with no reason; here one lacks all of them.
     [log] = [p for p in (lab.queue_dir / "defer").rglob(second) if p.is_file()]
     log.unlink()
-    from_files = DeferredFiles(cfg.postfix).messages()
+    from_files = listed_from_files(cfg)
     assert from_files == showq_deferred(lab)
     assert first not in {m.queue_id for m in from_files}
     [unlogged] = [m for m in from_files if m.queue_id == second]
@@ -163,7 +172,7 @@ def test_an_address_showq_quotes_is_left_to_showq(
 
     lab.wait_for(deferred, 60, f"{queue_id} deferred")
     with pytest.raises(NotAsShowq):
-        DeferredFiles(cfg.postfix).messages()
+        listed_from_files(cfg)
     # The scan still shows it: from showq's listing.
     assert scan_output(cfg, capsys, showq=False) == scan_output(cfg, capsys, showq=True)
     result = rescue.run("scan", "--by", "domain")

@@ -7,13 +7,7 @@ from pathlib import Path
 import pytest
 
 from rescue.postfix.deferred import NotAsShowq
-from rescue.postfix.deferred_files import (
-    IMPORT_FILES,
-    MIN_SPLIT,
-    helper_share,
-    layout_of,
-    queue_files,
-)
+from rescue.postfix.deferred_files import layout_of, queue_files
 
 
 def touch(root: Path, *parts: str) -> None:
@@ -65,9 +59,3 @@ def test_a_one_character_file_is_left_to_showq(tmp_path: Path) -> None:
     touch(tmp_path, "4")
     with pytest.raises(NotAsShowq):
         queue_files(str(tmp_path), 1)
-
-
-def test_the_helper_reads_more_than_half() -> None:
-    assert helper_share(MIN_SPLIT - 1) == 0
-    assert helper_share(MIN_SPLIT) == MIN_SPLIT
-    assert helper_share(10_000) == (10_000 + IMPORT_FILES) // 2
