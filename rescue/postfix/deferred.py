@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rescue.errors import RescueError
 from rescue.postfix.deferlog import DEFAULT_REASON, DEFAULT_RECIPIENT
@@ -68,9 +69,11 @@ class ShowqParams:
     duplicate_filter_limit: int = 1000  # 0: no limit
 
 
-@dataclass(frozen=True, slots=True)
-class FileFacts:
-    """What lstat() says of a queue file (showq uses these when records do not)."""
+class FileFacts(NamedTuple):
+    """What lstat() says of a queue file (showq uses these when records do not).
+
+    A named tuple: one is made per queued message.
+    """
 
     size: int
     mtime: int
@@ -171,15 +174,19 @@ class _Window:
         return target
 
 
-def scan_envelope(read_at: Callable[[int, int], bytes], file_size: int) -> _Envelope:
+def scan_envelope(
+    read_at: Callable[[int, int], bytes], file_size: int, first: bytes = b""
+) -> _Envelope:
     """Sender, recipient records, arrival time and content size, read as showq reads them.
 
-    `read_at(offset, n)` returns up to `n` bytes of the queue file from `offset`; the
+    `read_at(offset, n)` returns up to `n` bytes of the queue file from `offset`, `first`
+    is what the caller read from its start already (most often the whole file); the
     content is skipped, as showq seeks over it, so a large message is not read whole.
     """
     found = _Envelope()
     window = _Window(read_at, file_size)
-    buf, base, limit = b"", 0, 0
+    window.buf = buf = first
+    base, limit = 0, len(first)
     pos = 0
     while pos < file_size:
         # Most records are short: their length is one byte (read_record does the rest).
@@ -279,9 +286,11 @@ def deferred_row(
     facts: FileFacts,
     defer_log: bytes | None,
     params: ShowqParams,
+    first: bytes = b"",
 ) -> ListedRow:
-    """The message as `postqueue -j` lists it (before rescue.postfix.listing's parsing)."""
-    env = scan_envelope(read_at, facts.size)
+    """The message as `postqueue -j` lists it (before rescue.postfix.listing's parsing);
+    `first`: the start of the queue file, if read already (see scan_envelope)."""
+    env = scan_envelope(read_at, facts.size, first)
     assert env.sender is not None  # scan_envelope's promise
     sender = plain_address(env.sender or params.empty_address.encode())
     listed: list[tuple[str, str]] = []

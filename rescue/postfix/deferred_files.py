@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from rescue.postfix.deferred import (
+    CHUNK,
     DEFERRED,
     STAT_READY,
     FileFacts,
@@ -185,10 +186,12 @@ def read_message(folders: _Folders, queue_id: str) -> ListedRow | None:
             raise NotAsShowq(f"{queue_id}: not a regular file")
         if st.st_mode & STAT_READY != STAT_READY:
             return None  # not complete: showq passes over it
-        facts = FileFacts(size=st.st_size, mtime=int(st.st_mtime), mode=st.st_mode)
+        size = st.st_size
+        facts = FileFacts(size, int(st.st_mtime), st.st_mode)
+        first = os.read(fd, min(size, CHUNK))
         defer_log = _defer_log(folders, queue_id)
-        read_at = _reader(fd, st.st_size)
-        return deferred_row(queue_id, read_at, facts, defer_log, folders.layout.params)
+        read_at = _reader(fd, size)
+        return deferred_row(queue_id, read_at, facts, defer_log, folders.layout.params, first)
     finally:
         os.close(fd)
 
