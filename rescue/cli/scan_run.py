@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from rescue.config import Config
 from rescue.model import QueuedMessage
 from rescue.postfix.commands import Postfix
-from rescue.postfix.deferred import NotAsShowq
 from rescue.postfix.files_listing import FilesListing, dirs_of
 from rescue.postfix.listing import BadLine
 
@@ -64,15 +63,6 @@ def _same_dirs(a: PostfixDirs, b: PostfixDirs) -> bool:
     )
 
 
-def _files_messages(files: FilesListing) -> list[QueuedMessage] | None:
-    """The helper's listing, or None when showq must list the queue."""
-    try:
-        return files.messages()
-    except NotAsShowq as exc:
-        log.debug("asking showq: %s", exc)
-        return None
-
-
 def run_scan(
     cfg: Config,
     options: ScanOptions,
@@ -104,7 +94,9 @@ def run_scan(
         from rescue.cli.queueview import inventory_of  # noqa: PLC0415
 
         if files is not None:
-            messages = _files_messages(files)
+            messages = files.messages()
+            if messages is None:
+                log.debug("asking showq: %s", files.problem)
             relayhost = files.relayhost
             listing = iter(messages) if messages is not None else Postfix(cfg.postfix).listing()
     finally:

@@ -31,13 +31,14 @@ def dirs_of(config: PostfixConfig) -> PostfixDirs:
 class FilesListing:
     """A helper process reading the deferred queue's files; `messages()` takes its listing.
 
-    `messages()` raises NotAsShowq when the helper could not list the queue exactly
-    as showq would (then ask showq); `relayhost` is Postfix's once postconf told it.
+    `messages()` is None when the helper could not list the queue exactly as showq
+    would (`problem` says why: ask showq); `relayhost` is Postfix's once postconf told it.
     """
 
     def __init__(self, dirs: PostfixDirs) -> None:
         self.dirs = dirs
         self.relayhost: str | None = None
+        self.problem = ""
         read_fd, write_fd = os.pipe()
         self._pid = os.fork()
         if self._pid == 0:
@@ -46,20 +47,22 @@ class FilesListing:
         os.close(write_fd)
         self._pipe: IO[bytes] | None = os.fdopen(read_fd, "rb")
 
-    def messages(self) -> list[QueuedMessage]:
-        from rescue.postfix.deferred import NotAsShowq  # noqa: PLC0415  (after the fork)
-        from rescue.postfix.listing import message_of  # noqa: PLC0415
+    def messages(self) -> list[QueuedMessage] | None:
+        from rescue.postfix.listing import message_of  # noqa: PLC0415  (after the fork)
 
         if self._pipe is None:
-            raise NotAsShowq("the listing was closed")
+            self.problem = "the listing was closed"
+            return None
         data = self._pipe.read()
         status = self.close()
         if status != 0 or not data:
-            raise NotAsShowq(f"the helper process ended with status {status}")
+            self.problem = f"the helper process ended with status {status}"
+            return None
         # From the helper forked above, through a pipe of our own: nobody else's bytes.
         kind, found, self.relayhost = marshal.loads(data)  # noqa: S302
         if kind != "rows":
-            raise NotAsShowq(found)
+            self.problem = found
+            return None
         return [
             message_of(
                 queue_id=queue_id,
