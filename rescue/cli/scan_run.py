@@ -18,7 +18,7 @@ from rescue.postfix.files_listing import FilesListing, dirs_of
 from rescue.postfix.listing import BadLine
 
 if TYPE_CHECKING:
-    from rescue.postfix.deferred_files import PostfixDirs
+    from rescue.postfix.files_listing import PostfixDirs
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import marshal
 import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
@@ -29,17 +28,9 @@ from rescue.postfix.deferred import (
     ShowqParams,
     deferred_row,
 )
+from rescue.postfix.files_listing import POSTCONF_PARAMETERS, PostfixDirs
 
 DEFER_LOGS = "defer"
-# The parameters asked of postconf, in this order.
-_PARAMETERS = (
-    "queue_directory",
-    "empty_address_recipient",
-    "duplicate_filter_limit",
-    "hash_queue_depth",
-    "hash_queue_names",
-    "relayhost",  # not for the listing: for the scan's own_relays, saving a postconf
-)
 # Short queue ids are upper-case hex; their hash folders are their first characters.
 # Long ones (enable_long_queue_ids) hash otherwise: those queues go to showq.
 _SHORT_ID = frozenset("0123456789ABCDEF")
@@ -62,9 +53,9 @@ class QueueLayout:
 
 
 def layout_of(values: list[str], configured_dir: str | None) -> QueueLayout:
-    """The layout from postconf's answers (in _PARAMETERS' order)."""
-    if len(values) != len(_PARAMETERS):
-        raise NotAsShowq(f"postconf answered {len(values)} lines for {len(_PARAMETERS)}")
+    """The layout from postconf's answers (in POSTCONF_PARAMETERS' order)."""
+    if len(values) != len(POSTCONF_PARAMETERS):
+        raise NotAsShowq(f"postconf answered {len(values)} lines for {len(POSTCONF_PARAMETERS)}")
     queue_dir, empty, limit, depth, names, _relayhost = values
     if not (limit.isdigit() and depth.isdigit()):
         raise NotAsShowq(f"unexpected duplicate_filter_limit {limit!r} or hash_queue_depth")
@@ -77,25 +68,15 @@ def layout_of(values: list[str], configured_dir: str | None) -> QueueLayout:
     )
 
 
-PostfixDirs = tuple[str, str, str | None]  # config_dir, command_dir, queue_directory
-
-
-def read_queue(dirs: PostfixDirs) -> tuple[list[ListedRow], str]:
+def read_queue(dirs: PostfixDirs, postconf: list[str]) -> tuple[list[ListedRow], str]:
     """Every deferred message's row, in showq's order, and Postfix's relayhost.
 
-    Runs in the helper process rescue.postfix.files_listing forks; above MIN_SPLIT
-    files it forks one more for the later half, so that both CPUs read.
+    `postconf`: its answers for POSTCONF_PARAMETERS. Runs in the helper process
+    rescue.postfix.files_listing forks; above MIN_SPLIT files it forks one more for
+    the later half, so that both CPUs read.
     """
-    config_dir, command_dir, configured = dirs
-    args = [f"{command_dir}/postconf", "-c", config_dir, "-h", *_PARAMETERS]
-    try:
-        done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    except OSError as exc:
-        raise NotAsShowq(f"cannot run postconf: {exc}") from None
-    if done.returncode != 0:
-        raise NotAsShowq(f"postconf exited with {done.returncode}")
-    values = done.stdout.decode("utf-8", "replace").splitlines()
-    layout = layout_of(values, configured)
+    values = postconf
+    layout = layout_of(values, dirs[2])
     relayhost = values[-1].strip()
     names = queue_files(f"{layout.queue_dir}/{DEFERRED}", layout.deferred_depth)
     if len(names) < MIN_SPLIT:

@@ -19,7 +19,17 @@ if TYPE_CHECKING:
     from rescue.config import PostfixConfig
     from rescue.model import QueuedMessage
     from rescue.postfix.deferred import ListedRow
-    from rescue.postfix.deferred_files import PostfixDirs
+
+PostfixDirs = tuple[str, str, str | None]  # config_dir, command_dir, queue_directory
+# What the helper asks postconf, in this order (see rescue.postfix.deferred_files).
+POSTCONF_PARAMETERS = (
+    "queue_directory",
+    "empty_address_recipient",
+    "duplicate_filter_limit",
+    "hash_queue_depth",
+    "hash_queue_names",
+    "relayhost",  # not for the listing: for the scan's own_relays, saving a postconf
+)
 
 
 def dirs_of(config: PostfixConfig) -> PostfixDirs:
@@ -100,11 +110,13 @@ def _helper(write_fd: int, dirs: PostfixDirs) -> None:
     try:
         relayhost = None
         try:
+            # postconf first: it runs while this process loads the reader.
+            postconf = _Postconf(dirs)
             from rescue.postfix.deferred import NotAsShowq  # noqa: PLC0415
             from rescue.postfix.deferred_files import read_queue  # noqa: PLC0415
 
             try:
-                rows, relayhost = read_queue(dirs)
+                rows, relayhost = read_queue(dirs, postconf.answers())
                 reply: tuple[str, list[ListedRow] | str, str | None] = ("rows", rows, relayhost)
             except (NotAsShowq, OSError) as exc:
                 reply = ("not", str(exc), relayhost)
@@ -115,3 +127,41 @@ def _helper(write_fd: int, dirs: PostfixDirs) -> None:
         code = 0
     finally:
         os._exit(code)
+
+
+class _Postconf:
+    """`postconf -h POSTCONF_PARAMETERS`, started (posix_spawn: no subprocess module)."""
+
+    def __init__(self, dirs: PostfixDirs) -> None:
+        config_dir, command_dir, _ = dirs
+        program = f"{command_dir}/postconf"
+        read_fd, write_fd = os.pipe()
+        try:
+            self._pid = os.posix_spawn(
+                program,
+                [program, "-c", config_dir, "-h", *POSTCONF_PARAMETERS],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_CLOSE, read_fd),
+                ],
+            )
+        except OSError:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._out = read_fd
+
+    def answers(self) -> list[str]:
+        """Its lines; OSError when it failed (the helper then says why)."""
+        chunks = []
+        with os.fdopen(self._out, "rb") as out:
+            while chunk := out.read():
+                chunks.append(chunk)
+        _, status = os.waitpid(self._pid, 0)
+        if status != 0:
+            raise OSError(f"postconf exited with status {os.waitstatus_to_exitcode(status)}")
+        return b"".join(chunks).decode("utf-8", "replace").splitlines()

@@ -8,6 +8,7 @@ import pytest
 
 from rescue.postfix.deferred import NotAsShowq
 from rescue.postfix.deferred_files import layout_of, queue_files
+from rescue.postfix.files_listing import FilesListing
 
 
 def touch(root: Path, *parts: str) -> None:
@@ -59,3 +60,19 @@ def test_a_one_character_file_is_left_to_showq(tmp_path: Path) -> None:
     touch(tmp_path, "4")
     with pytest.raises(NotAsShowq):
         queue_files(str(tmp_path), 1)
+
+
+def test_without_postconf_the_listing_is_left_to_showq(tmp_path: Path) -> None:
+    files = FilesListing((str(tmp_path), str(tmp_path / "no-such-folder"), None))
+    assert files.messages() is None
+    assert "postconf" in files.problem
+    assert files.relayhost is None
+
+
+def test_a_failing_postconf_is_left_to_showq(tmp_path: Path) -> None:
+    postconf = tmp_path / "postconf"
+    postconf.write_text("#!/bin/sh\necho 'postconf: fatal: no main.cf' >&2\nexit 1\n")
+    postconf.chmod(0o755)
+    files = FilesListing((str(tmp_path), str(tmp_path), None))
+    assert files.messages() is None
+    assert "exited with status 1" in files.problem
