@@ -50,7 +50,21 @@ def log_entry(address: str, reason: str = REASON, *, old_style: bool = True) -> 
 def row(
     data: bytes, log: bytes | None = None, facts: FileFacts = FACTS, params: ShowqParams = PARAMS
 ) -> tuple[object, ...]:
-    return deferred_row("4F2A81C0B1", lambda at, n: data[at : at + n], facts, log, params)
+    """The row, read both ways: the file at hand whole, and read a window at a time."""
+    read_at = lambda at, n: data[at : at + n]  # noqa: E731
+    whole: tuple[object, ...] | NotAsShowq
+    try:
+        whole_file = facts._replace(size=len(data))  # the file is all at hand
+        whole = deferred_row("4F2A81C0B1", read_at, whole_file, log, params, data)
+    except NotAsShowq as exc:
+        whole = exc
+    try:
+        windowed = deferred_row("4F2A81C0B1", read_at, facts, log, params)
+    except NotAsShowq:
+        assert isinstance(whole, NotAsShowq)
+        raise
+    assert whole == windowed
+    return windowed
 
 
 def test_logged_recipients_first_then_the_other_pending_ones() -> None:
