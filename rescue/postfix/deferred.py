@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from rescue.errors import RescueError
-from rescue.postfix.deferlog import DEFAULT_REASON, DEFAULT_RECIPIENT
 from rescue.postfix.records import (
     REC_TYPE_END,
     REC_TYPE_FROM,
@@ -54,6 +52,10 @@ _SIZE = re.compile(rb"[0-9 ]*")
 # The arrival time record: "seconds microseconds" (atol() reads the seconds).
 _TIME = re.compile(rb" *([0-9]{1,18})(?: [0-9]*)?")
 _MAX_DIGITS = 18
+# What bounce_log.c gives an entry without them (rescue.postfix.deferlog's DEFAULT_*;
+# copied: the helper processes that read the files load no more than they need).
+DEFAULT_REASON = "(description unavailable)"
+DEFAULT_RECIPIENT = "(recipient address unavailable)"
 _R = ord("r")
 _LT = ord("<")
 
@@ -62,8 +64,7 @@ class NotAsShowq(RescueError):
     """This message (or queue) is not read here the way showq reads it: ask showq."""
 
 
-@dataclass(frozen=True, slots=True)
-class ShowqParams:
+class ShowqParams(NamedTuple):
     """The main.cf parameters showq's listing of the deferred queue depends on."""
 
     empty_address: str = "MAILER-DAEMON"  # empty_address_recipient
@@ -104,12 +105,16 @@ def _arrival(payload: bytes) -> int:
     return int(found.group(1))
 
 
-@dataclass
 class _Envelope:
-    arrival: int = 0
-    size: int | None = None
-    sender: bytes | None = None
-    recipients: list[bytes] = field(default_factory=list)
+    """What the records said, while they are read."""
+
+    __slots__ = ("arrival", "recipients", "sender", "size")
+
+    def __init__(self) -> None:
+        self.arrival = 0
+        self.size: int | None = None
+        self.sender: bytes | None = None
+        self.recipients: list[bytes] = []
 
 
 # How much of a queue file is read at a time: the envelope of most messages, whole.

@@ -15,8 +15,7 @@ from __future__ import annotations
 import marshal
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO
+from typing import IO, NamedTuple
 
 from rescue.postfix.deferred import (
     CHUNK,
@@ -38,8 +37,7 @@ _SHORT_ID = frozenset("0123456789ABCDEF")
 MIN_SPLIT = 200
 
 
-@dataclass(frozen=True, slots=True)
-class QueueLayout:
+class QueueLayout(NamedTuple):
     """Where showq looks for a deferred message's file and its defer log."""
 
     queue_dir: str

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from rescue.postfix import deferred
 from rescue.postfix.deferlog import parse_defer_log
 from rescue.postfix.deferred import (
     FileFacts,
@@ -198,3 +199,12 @@ def test_attribute_records_are_passed_over() -> None:
     envelope = [*simple_envelope(), (REC_TYPE_ATTR, b"recipient=not-a-recipient@dst.test")]
     listed = row(assemble(envelope, text_records([b"x"])))
     assert listed[5] == (("rcpt@dst.test", ""),)
+
+
+def test_the_copied_defaults_are_the_defer_log_readers() -> None:
+    from rescue.postfix import deferlog  # noqa: PLC0415
+
+    assert (deferred.DEFAULT_REASON, deferred.DEFAULT_RECIPIENT) == (
+        deferlog.DEFAULT_REASON,
+        deferlog.DEFAULT_RECIPIENT,
+    )
