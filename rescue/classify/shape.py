@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -97,12 +97,17 @@ def sender_domain(sender: str) -> str:
     return sender.rpartition("@")[2].lower() if sender else NULL_SENDER_DOMAIN
 
 
-@dataclass
 class _Tally:
-    messages: set[str] = field(default_factory=set)
-    buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKET_LABELS))
-    providers: Counter[str] = field(default_factory=Counter)
-    oldest: float = 0.0
+    """Counts for one row while they are taken (a plain class: made once per row, and a
+    dataclass costs a scan's start-up more than it saves)."""
+
+    __slots__ = ("buckets", "messages", "oldest", "providers")
+
+    def __init__(self) -> None:
+        self.messages: set[str] = set()
+        self.buckets = [0] * len(BUCKET_LABELS)
+        self.providers: Counter[str] = Counter()
+        self.oldest = 0.0
 
     def add(self, queue_id: str, provider: str, bucket: int, age: float) -> None:
         self.messages.add(queue_id)
@@ -208,14 +213,16 @@ class ReasonSummary:
         return group_name(self.provider, self.mixed)
 
 
-@dataclass
 class _Group:
     """Counts for one group while they are taken."""
 
-    first: Item
-    messages: set[str] = field(default_factory=set)
-    domains: Counter[str] = field(default_factory=Counter)
-    earliest: int | None = None  # the oldest message's arrival time
+    __slots__ = ("domains", "earliest", "first", "messages")
+
+    def __init__(self, first: Item) -> None:
+        self.first = first
+        self.messages: set[str] = set()
+        self.domains: Counter[str] = Counter()
+        self.earliest: int | None = None  # the oldest message's arrival time
 
     def add(self, item: Item) -> None:
         self.messages.add(item.message.queue_id)
