@@ -5,6 +5,8 @@ tests/integration/test_scan_files.py holds the whole reading against Postfix's o
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from rescue.postfix import deferred
@@ -176,6 +178,12 @@ def test_logs_and_files_it_does_not_reproduce_go_to_showq() -> None:
 
 
 SAMPLE_LOGS = [
+    b"reason=first the reason\nrecipient=r@dst.test\n\n",
+    b"recipient=a@dst.test\nreason=x\n<b@dst.test>: later old style\n\n",
+    b"recipient=a@dst.test\nrecipient=b@dst.test\nreason=x\n\n",
+    b"recipient=a@dst.test\nreason=no blank line at the end",
+    b"recipient=a@dst.test\nreason=x\n",
+    b"\nrecipient=a@dst.test\nreason=x\n\n",
     log_entry("a@dst.test"),
     log_entry("a@dst.test", old_style=False) + log_entry("b@dst.test"),
     b"<old@dst.test>: only the old style line\n\n",
@@ -193,6 +201,32 @@ SAMPLE_LOGS = [
 def test_log_entries_read_what_the_defer_log_reader_reads(data: bytes) -> None:
     expected = [(e.recipient, e.reason) for e in parse_defer_log(data)]
     assert log_entries(data) == expected
+
+
+LOG_PIECES = [
+    b"recipient=a@dst.test",
+    b"recipient=b@dst.test",
+    b"recipient =c@dst.test",
+    b"reason=one",
+    b"reason= two ",
+    b"reason =three",
+    b"<d@dst.test>: old style",
+    b"<e@dst.test> no colon",
+    b"status=4.0.0",
+    b"recipient=",
+    b" reason=indented",
+    b"",
+]
+
+
+def test_log_entries_agree_with_the_reader_on_random_logs() -> None:
+    rng = random.Random(20)
+    for _ in range(3000):
+        data = b"\n".join(rng.choice(LOG_PIECES) for _ in range(rng.randint(0, 9)))
+        if rng.random() < 0.5:
+            data += b"\n"
+        expected = [(e.recipient, e.reason) for e in parse_defer_log(data)]
+        assert log_entries(data) == expected, data
 
 
 def test_attribute_records_are_passed_over() -> None:
