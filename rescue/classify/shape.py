@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -97,12 +96,17 @@ def sender_domain(sender: str) -> str:
     return sender.rpartition("@")[2].lower() if sender else NULL_SENDER_DOMAIN
 
 
-@dataclass
 class _Tally:
-    messages: set[str] = field(default_factory=set)
-    buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKET_LABELS))
-    providers: Counter[str] = field(default_factory=Counter)
-    oldest: float = 0.0
+    """Counts for one row while they are taken (a plain class: made once per row, and a
+    dataclass costs a scan's start-up more than it saves)."""
+
+    __slots__ = ("buckets", "messages", "oldest", "providers")
+
+    def __init__(self) -> None:
+        self.messages: set[str] = set()
+        self.buckets = [0] * len(BUCKET_LABELS)
+        self.providers: Counter[str] = Counter()
+        self.oldest = 0.0
 
     def add(self, queue_id: str, provider: str, bucket: int, age: float) -> None:
         self.messages.add(queue_id)
@@ -120,8 +124,11 @@ class _Tally:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+# The values below are named tuples, immutable as frozen dataclasses: making a
+# dataclass costs a scan's start-up a millisecond each (it compiles its methods).
+
+
+class Row(NamedTuple):
     key: str
     messages: int  # distinct messages
     buckets: tuple[int, ...]  # recipients per age bucket, as BUCKET_LABELS
@@ -134,8 +141,7 @@ class Row:
         return sum(self.buckets)
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
+class Shape(NamedTuple):
     by: By
     total: Row
     rows: tuple[Row, ...]  # most recipients first
@@ -188,8 +194,7 @@ def shape(entries: Iterable[Item], by: By, now: float) -> Shape:
 # --- reasons ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ReasonSummary:
+class ReasonSummary(NamedTuple):
     """One distinct (provider, normalised reason) and what the catalog says about it."""
 
     reason: str
@@ -208,14 +213,16 @@ class ReasonSummary:
         return group_name(self.provider, self.mixed)
 
 
-@dataclass
 class _Group:
     """Counts for one group while they are taken."""
 
-    first: Item
-    messages: set[str] = field(default_factory=set)
-    domains: Counter[str] = field(default_factory=Counter)
-    earliest: int | None = None  # the oldest message's arrival time
+    __slots__ = ("domains", "earliest", "first", "messages")
+
+    def __init__(self, first: Item) -> None:
+        self.first = first
+        self.messages: set[str] = set()
+        self.domains: Counter[str] = Counter()
+        self.earliest: int | None = None  # the oldest message's arrival time
 
     def add(self, item: Item) -> None:
         self.messages.add(item.message.queue_id)
@@ -268,8 +275,7 @@ def reasons(entries: Iterable[Item], catalog: Catalog, now: float) -> list[Reaso
 _NO_NOTE = "no MX lookup; neither the provider domains nor the reason text name a provider"
 
 
-@dataclass(frozen=True, slots=True)
-class Unclassified:
+class Unclassified(NamedTuple):
     """Recipients of one domain that no provider could be named for, and why."""
 
     domain: str
@@ -310,8 +316,7 @@ def unclassified(entries: Iterable[Item]) -> list[Unclassified]:
 SHOWN_NAMES = 3
 
 
-@dataclass(frozen=True, slots=True)
-class UnknownMx:
+class UnknownMx(NamedTuple):
     """Recipients whose MX hosts no provider matched, grouped by the hosts' registered domain.
 
     What an admin needs to add a [[provider]]: the hosts and how much mail waits there.

@@ -20,11 +20,11 @@ log = logging.getLogger("rescue")
 T = TypeVar("T")
 
 
-def own_relays(cfg: Config, postfix: Postfix) -> tuple[str, ...]:
-    """Relays of our own: the configured ones plus Postfix's relayhost."""
+def own_relays(cfg: Config, postfix: Postfix, relayhost: str | None = None) -> tuple[str, ...]:
+    """Relays of our own: the configured ones plus Postfix's relayhost (asked if not given)."""
     relays = list(cfg.postfix.own_relays)
     try:
-        relayhost = postfix.postconf("relayhost")
+        relayhost = postfix.postconf("relayhost") if relayhost is None else relayhost
     except PostfixError:
         relayhost = ""
     for word in relayhost.replace(",", " ").split():
@@ -52,7 +52,8 @@ class QueueReader:
 
     Creating it starts the listing (Postfix's showq works while the caller goes
     on); `parts` and `whole` then classify it, reporting unreadable entries.
-    `listing` is the queue's listing when the caller started it already.
+    `listing` is the queue's listing when the caller started it already, `relayhost`
+    Postfix's when the caller asked postconf already.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class QueueReader:
         use_dns: bool = True,
         source: MailQueue | None = None,
         listing: Listing | None = None,
+        relayhost: str | None = None,
     ) -> None:
         self.postfix = Postfix(cfg.postfix)
         self.queue: MailQueue = self.postfix if source is None else source
@@ -69,7 +71,9 @@ class QueueReader:
         self.catalog = load_catalog(cfg.providers)
         # A copy or an export may come from another host: this host's relayhost says
         # nothing about where its mail was stuck (the configured own_relays still count).
-        self.relays = own_relays(cfg, self.postfix) if source is None else cfg.postfix.own_relays
+        self.relays = (
+            own_relays(cfg, self.postfix, relayhost) if source is None else cfg.postfix.own_relays
+        )
         self._dns = cfg.dns if (use_dns and cfg.dns.enabled) else None
 
     async def parts(self, size: int | None) -> AsyncIterator[Inventory]:
@@ -116,13 +120,15 @@ def inventory_of(
     use_dns: bool = True,
     source: MailQueue | None = None,
     listing: Listing | None = None,
+    relayhost: str | None = None,
 ) -> QueueView:
     """Take stock of live Postfix, or of `source` (a spool copy or an export folder).
 
     `listing` is `source`'s (or Postfix's) listing when the caller started it
     already, so that showq works while the caller imports what it needs.
     """
-    return QueueReader(cfg, use_dns=use_dns, source=source, listing=listing).whole()
+    reader = QueueReader(cfg, use_dns=use_dns, source=source, listing=listing, relayhost=relayhost)
+    return reader.whole()
 
 
 def report_bad(inventory: Inventory) -> None:

@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -124,6 +123,8 @@ class Postfix:
         even before the first item, stops the command.
         """
         args = [*self._command("postqueue"), "-j"]
+        import tempfile  # noqa: PLC0415  (not for a scan that reads the queue's files)
+
         spill = tempfile.TemporaryFile(prefix="queue-rescue-listing-")  # noqa: SIM115 (closed by the reader)
         try:
             proc = subprocess.Popen(args, stdout=spill, stderr=subprocess.PIPE)

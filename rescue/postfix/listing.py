@@ -41,27 +41,55 @@ def parse_line(line: bytes | str) -> QueuedMessage:
     for item in recipients:
         if not isinstance(item, dict) or not isinstance(item.get("address"), str):
             raise ValueError(f"{queue_id}: bad recipient {item!r}")
-        # Thousands of recipients share a handful of reasons: keep one copy of each.
-        reason = sys.intern(str(item.get("delay_reason") or ""))
-        parsed.append(Recipient(address=item["address"], delay_reason=reason))
+        parsed.append((item["address"], str(item.get("delay_reason") or "")))
     sender = obj.get("sender")
     if not isinstance(sender, str):
         raise ValueError(f"{queue_id}: sender missing")
-    if sender == SHOWQ_NULL_SENDER:
-        sender = ""
-    sender = sys.intern(sender)  # a backlog has many messages from few senders
     arrival = obj.get("arrival_time")
     size = obj.get("message_size")
     if not isinstance(arrival, int) or not isinstance(size, int):
         raise ValueError(f"{queue_id}: arrival_time or message_size missing")
-    return QueuedMessage(
+    return message_of(
         queue_id=queue_id,
         queue_name=str(obj.get("queue_name", "")),
         arrival_time=arrival,
         size=size,
         sender=sender,
-        recipients=tuple(parsed),
+        recipients=parsed,
         forced_expire=bool(obj.get("forced_expire", False)),
+    )
+
+
+def message_of(
+    *,
+    queue_id: str,
+    queue_name: str,
+    arrival_time: int,
+    size: int,
+    sender: str,
+    recipients: Iterable[tuple[str, str]],
+    forced_expire: bool,
+) -> QueuedMessage:
+    """The message showq listed with these values: (address, delay reason) per recipient.
+
+    Also for a listing read from the queue files (rescue.postfix.deferred), so that
+    both give the same objects.
+    """
+    # Thousands of recipients share a handful of reasons: keep one copy of each.
+    parsed = tuple(
+        Recipient(address=address, delay_reason=sys.intern(reason))
+        for address, reason in recipients
+    )
+    if sender == SHOWQ_NULL_SENDER:
+        sender = ""
+    return QueuedMessage(
+        queue_id=queue_id,
+        queue_name=queue_name,
+        arrival_time=arrival_time,
+        size=size,
+        sender=sys.intern(sender),  # a backlog has many messages from few senders
+        recipients=parsed,
+        forced_expire=forced_expire,
     )
 
 

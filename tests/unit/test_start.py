@@ -163,3 +163,40 @@ def test_piped_output_needs_no_rich(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv("TTY_COMPATIBLE", "1")
         assert not surely_piped(file)
         assert not isinstance(table_output(file), Piped)
+
+
+def test_the_copied_values_are_the_ones_they_copy() -> None:
+    from rescue import start  # noqa: PLC0415
+    from rescue.classify.shape import By  # noqa: PLC0415
+    from rescue.cli.scan_run import BY_CHOICES  # noqa: PLC0415
+    from rescue.config import CONFIG_ENV  # noqa: PLC0415
+
+    assert start.BY_CHOICES == BY_CHOICES == tuple(b.value for b in By)
+    assert (start.CONFIG_ENV, Path(start.DEFAULT_CONFIG_PATH)) == (CONFIG_ENV, DEFAULT_CONFIG_PATH)
+
+
+def test_postfix_folders_are_read_as_the_config_reads_them(tmp_path: Path) -> None:
+    from rescue.cli.scan_run import _same_dirs  # noqa: PLC0415
+    from rescue.config import load_config  # noqa: PLC0415
+    from rescue.postfix.files_listing import dirs_of  # noqa: PLC0415
+    from rescue.start import postfix_dirs  # noqa: PLC0415
+
+    config = tmp_path / "config.toml"
+    for text in (
+        "",
+        '[postfix]\nconfig_dir = "/srv/pf/"\ncommand_dir = "bin"\n',
+        '[postfix]\nqueue_directory = "../q"\n[journal]\npath = "/j"\n',
+    ):
+        config.write_text(text)
+        found = postfix_dirs(str(config), missing_ok=False)
+        assert found is not None
+        assert _same_dirs(found, dirs_of(load_config(config).postfix)), text
+    assert postfix_dirs(str(tmp_path / "none.toml"), missing_ok=True) == (
+        "/etc/postfix",
+        "/usr/sbin",
+        None,
+    )
+    assert postfix_dirs(str(tmp_path / "none.toml"), missing_ok=False) is None
+    for unclear in ("[postfix\n", "postfix = 1\n", "[postfix]\nconfig_dir = 1\n"):
+        config.write_text(unclear)
+        assert postfix_dirs(str(config), missing_ok=False) is None
