@@ -191,6 +191,8 @@ def measure_relay(
     out: dict[str, Any] = {"setup": {}}
 
     if not deferred:
+        # The steps before may have pointed the domains elsewhere (Postfix's reroute).
+        lab.set_transports(provider_routes)
         say(f"relay: creating {n} deferred messages for direct delivery")
         out["setup"]["create_direct"] = create_backlog(lab, messages, sessions)
     direct_sink = new_sink("direct")
