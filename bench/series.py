@@ -33,7 +33,7 @@ FIGURES = (
     ("Postfix reroute", ("postfix_reroute", "seconds"), "{:.3f} s"),
     ("scan", ("scan", "scan", "seconds"), "{:.3f} s"),
     ("qshape", ("scan", "qshape", "seconds"), "{:.3f} s"),
-    ("through the relay", ("relay", "relay", "messages_per_second"), "{:,.0f} msg/s"),
+    ("through the relay", ("relay", "through_relay", "messages_per_second"), "{:,.0f} msg/s"),
     ("direct", ("relay", "direct", "messages_per_second"), "{:,.0f} msg/s"),
     ("load average at start", ("machine", "loadavg_start", 0), "{:.1f}"),
 )
