@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import pickle
@@ -291,6 +292,10 @@ class ParallelFlush:
         sys.stderr.flush()
         parent = os.getpid()
         kept: list[socket.socket] = []  # this process's ends of the pairs made so far
+        # What exists now stays out of the workers' garbage collections: a collection
+        # touches every object it looks at, and each page it touches stops being shared
+        # with the parent (copy on write), so each worker would copy the parent's heap.
+        gc.freeze()
         try:
             self._fork(parent, kept)
         except OSError:
@@ -300,6 +305,8 @@ class ParallelFlush:
                 os.waitpid(worker.pid, 0)
             self._workers.clear()
             raise
+        finally:
+            gc.unfreeze()  # in this process, collected as before
         for worker, sock in zip(self._workers, kept, strict=True):
             reader, worker.writer = await asyncio.open_unix_connection(sock=sock)
             worker.listener = asyncio.create_task(self._listen(worker, reader))
