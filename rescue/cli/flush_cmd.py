@@ -289,6 +289,7 @@ def execute(
             report=reporter,
             repair=repair,
             split_from=split_from,
+            around_fork=journal.closed_for_fork,
         )
     else:
         flush = single()

@@ -5,8 +5,8 @@ large flush waits for. Here the parent reads the queue's listing and hands each
 message to one of a few forked workers, each a whole Flush of its own (core.py): its
 own holds, SMTP sessions, settles, journal connection and side file. Every safety
 property of a flush therefore holds in each worker. The parent lists, reports, and,
-should a worker die, repairs what it left at once (the journal's recovery) instead of
-at the next run.
+should a worker die, repairs what it left (the journal's recovery) once the other
+workers have ended, instead of at the next run.
 
 A message goes to the worker its queue id hashes to: listed twice, it reaches the
 same worker, which takes it once. Parent and worker talk over a socket pair:
@@ -29,9 +29,12 @@ import sys
 import time
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from rescue.aio import outcome_of
 from rescue.errors import RescueError
 from rescue.flush.core import Flush
 from rescue.flush.plan import Outcome, Summary, batched, chain
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 # A selection whose first part is smaller than this is flushed in one process.
 SPLIT_FROM = 200
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
 _LENGTH = struct.Struct("!I")
 
 # Builds worker `index`'s Flush in the worker, reporting through the callable given.
@@ -110,6 +114,7 @@ class End:
 
     left_on_hold: list[str] = field(default_factory=list)
     error: BaseException | None = None
+    stopped: bool = False  # by SIGTERM (from the parent, or anyone else)
 
 
 # --- in a worker -------------------------------------------------------------------------
@@ -139,11 +144,15 @@ async def _batches(reader: asyncio.StreamReader) -> AsyncIterator[list[Selected]
         yield batch
 
 
+def _prctl(option: int, value: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+
+
 def _die_with_parent(parent: int) -> None:
     """Be stopped as by SIGTERM (what is untouched goes back to Postfix) when the
     parent dies, also by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before that took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -166,12 +175,14 @@ async def _work(index: int, sock: socket.socket, factory: FlushFactory) -> None:
         flush = factory(index, outbox.outcome)
         await flush.run(_batches(reader))
     except asyncio.CancelledError:
-        pass  # SIGTERM: what this worker held is settled, as in any flush
+        end.stopped = True  # SIGTERM: what this worker held is settled, as in any flush
     except Exception as exc:
         log.debug("worker %d failed", index, exc_info=exc)
         end.error = portable(exc)
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        # A SIGTERM from now on changes nothing (and must not kill the worker before
+        # the parent has its End): settled is settled.
+        loop.add_signal_handler(signal.SIGTERM, _ignore)
     if flush is not None:
         end.left_on_hold = list(flush.left_on_hold)
     outbox.send()
@@ -179,6 +190,10 @@ async def _work(index: int, sock: socket.socket, factory: FlushFactory) -> None:
     with contextlib.suppress(ConnectionError):  # the parent is gone: the journal has it all
         await writer.drain()
     writer.close()
+
+
+def _ignore() -> None:
+    pass
 
 
 def _worker_main(index: int, sock: socket.socket, factory: FlushFactory, parent: int) -> int:
@@ -226,19 +241,24 @@ class ParallelFlush:
         report: Callable[[Outcome], None],
         repair: Callable[[], None],
         split_from: int = SPLIT_FROM,
+        around_fork: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
-        """`repair()` runs the journal's recovery, after a worker died (all have ended)."""
+        """`repair()` runs the journal's recovery, after a worker died (all have ended);
+        `around_fork()` is entered while the workers are forked (the journal closes its
+        connection meanwhile: see Journal.closed_for_fork)."""
         self._count = workers
         self._factory = factory
         self._single = single
         self._report_cb = report
         self._repair = repair
         self._split_from = split_from
+        self._around_fork = around_fork
         self.summary = Summary()
         self.left_on_hold: list[str] = []
         self.workers_used = 1
         self._workers: list[_Worker] = []
         self._report_failed = False
+        self._dropped = 0  # messages meant for a worker that had ended (still deferred)
 
     async def run(
         self, selection: Sequence[Selected] | AsyncIterable[Sequence[Selected]]
@@ -255,39 +275,53 @@ class ParallelFlush:
             finally:
                 self.left_on_hold = flush.left_on_hold
         try:
-            await self._start()
+            interrupted = await self._start()
         except OSError as exc:  # fork: EAGAIN, ENOMEM (those forked have ended)
             log.warning("cannot start flush workers (%s); flushing in this process", exc)
             self._count = 1
             return await self.run(chain(first, batches))
         self.workers_used = self._count
         log.info("flush split over %d worker processes", self._count)
-        interrupted, error = False, None
-        try:
-            await self._feed(chain(first, batches))
-        except asyncio.CancelledError:
-            interrupted = True
-        except Exception as exc:  # e.g. the listing failed: what the workers hold is sent
-            error = exc
+        error = None
+        if not interrupted:
+            try:
+                await self._feed(chain(first, batches))
+            except asyncio.CancelledError:
+                interrupted = True
+            except Exception as exc:  # e.g. the listing failed: what the workers hold is sent
+                error = exc
         interrupted = await self._finish(interrupted=interrupted)
         self.summary.elapsed = time.monotonic() - self.summary.started
         if interrupted:
             raise asyncio.CancelledError
-        errors = [w.end.error for w in self._workers if w.end is not None and w.end.error]
-        died = [w for w in self._workers if w.end is None or w.status != 0]
         if error is not None:
             raise error
+        self._raise_for_workers()
+        return self.summary
+
+    def _raise_for_workers(self) -> None:
+        """A worker that died, was stopped on its own, or failed ends the run with an error."""
+        died = [w for w in self._workers if w.end is None or w.status != 0]
         if died:
             pids = ", ".join(str(w.pid) for w in died)
             raise WorkerDied(f"flush worker(s) {pids} died; recovery settled what they held")
+        stopped = [w for w in self._workers if w.end is not None and w.end.stopped]
+        if stopped or self._dropped:
+            pids = ", ".join(str(w.pid) for w in stopped)
+            raise WorkerDied(
+                f"flush worker(s) {pids} were stopped (SIGTERM) before the end; they gave "
+                f"back what they had not sent, and {self._dropped} message(s) meant for "
+                "them were not taken (still deferred)"
+            )
+        errors = [w.end.error for w in self._workers if w.end is not None and w.end.error]
         if errors:
             raise errors[0]
-        return self.summary
 
     # --- the workers' lives ---------------------------------------------------------------
 
-    async def _start(self) -> None:
-        """Fork the workers; before this process starts a thread (a fork copies one)."""
+    async def _start(self) -> bool:
+        """Fork the workers, before this process starts a thread (a fork copies one);
+        whether this run was cancelled meanwhile."""
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
@@ -296,8 +330,12 @@ class ParallelFlush:
         # touches every object it looks at, and each page it touches stops being shared
         # with the parent (copy on write), so each worker would copy the parent's heap.
         gc.freeze()
+        # Orphans of a worker (its postsuper: it runs in a session of its own and goes on
+        # when the worker is killed) become this process's children, to be waited for.
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         try:
-            self._fork(parent, kept)
+            with self._around_fork():
+                self._fork(parent, kept)
         except OSError:
             for sock in kept:  # those forked see the end of their selection and exit
                 sock.close()
@@ -307,6 +345,33 @@ class ParallelFlush:
             raise
         finally:
             gc.unfreeze()  # in this process, collected as before
+        # Through a cancellation too: each worker must have its listener, or nothing
+        # would tell it the selection ended (or wait for it before a repair).
+        try:
+            _, cancelled = await outcome_of(self._connect(kept))
+        except BaseException:
+            self._abandon(kept)
+            raise
+        return cancelled
+
+    def _abandon(self, kept: list[socket.socket]) -> None:
+        """The workers could not all be connected to: stop and reap every one (they hold
+        nothing yet: no batch was sent), so that none is left running."""
+        for worker in self._workers:
+            if worker.writer is not None:
+                worker.writer.transport.abort()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        for sock in kept:
+            sock.close()
+        for worker in self._workers:
+            if worker.listener is not None:
+                worker.listener.cancel()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(worker.pid, 0)
+        self._workers.clear()
+
+    async def _connect(self, kept: list[socket.socket]) -> None:
         for worker, sock in zip(self._workers, kept, strict=True):
             reader, worker.writer = await asyncio.open_unix_connection(sock=sock)
             worker.listener = asyncio.create_task(self._listen(worker, reader))
@@ -367,7 +432,9 @@ class ParallelFlush:
     async def _feed(self, batches: AsyncIterator[Sequence[Selected]]) -> None:
         async for batch in batches:
             for worker, share in zip(self._workers, split(batch, self._count), strict=True):
-                if share and worker.alive and worker.writer is not None:
+                if share and not (worker.alive and worker.writer is not None):
+                    self._dropped += len(share)
+                elif share and worker.writer is not None:
                     worker.writer.write(frame(share))
                     # Waits while the worker is well ahead (it reads on as it holds).
                     with contextlib.suppress(ConnectionError):
@@ -412,8 +479,37 @@ class ParallelFlush:
                 _status_text(worker.status),
             )
         if died:
+            _wait_for_orphaned_postsuper()  # what it holds, recovery must see on hold
             self._repair()
         return interrupted
+
+
+def _wait_for_orphaned_postsuper() -> None:
+    """Wait for a killed worker's postsuper (now this process's child): a hold it is
+    still doing would otherwise put a message on hold after recovery looked."""
+    me = os.getpid()
+    while True:
+        pids = [pid for pid in _children(me) if _command(pid) == "postsuper"]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += map(int, task.read_text().split())
+    return out
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _status_text(status: int) -> str:

@@ -82,20 +82,41 @@ class Journal:
         self.steps_path = Path(f"{path}-steps{suffix}")
         self._fsync = fsync
         self._steps_fd: int | None = None
+        self._db = self._connect()
+        self.run_id = 0
+        self._writer: BackgroundWriter | None = None
+
+    def _connect(self) -> sqlite3.Connection:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: each committed step survives a crash of this
             # process (SIGKILL, a bug). Surviving a power loss as well is what
             # sync() is for: it runs before every step that cannot be undone.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(CACHE_SIZE)
-            self._db.executescript(SCHEMA)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(CACHE_SIZE)
+            db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot open journal {path}: {exc}") from exc
-        self.run_id = 0
-        self._writer: BackgroundWriter | None = None
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        return db
+
+    @contextmanager
+    def closed_for_fork(self) -> Iterator[None]:
+        """Closed while this process forks (a split flush's workers), opened again after.
+
+        A connection open across fork() hands SQLite's record of this process's locks
+        to the child: the child's own connections would then believe they hold locks
+        they do not, and once this process is gone another one could take the journal
+        for unused, checkpoint it and delete the write-ahead log they still write to.
+        """
+        if self._writer is not None:
+            raise RuntimeError("closed_for_fork while a flush writes behind")
+        self._db.close()
+        try:
+            yield
+        finally:
+            self._db = self._connect()
 
     def close(self) -> None:
         try:

@@ -168,6 +168,31 @@ def test_a_killed_worker_is_repaired_by_its_parent(w: World) -> None:
     assert set(ids) >= {o["queue_id"] for o in again.lines if "queue_id" in o}
 
 
+def test_a_worker_stopped_on_its_own_makes_the_run_partial(w: World) -> None:
+    # An admin's `kill` of one worker: it gives back what it holds, and the run does not
+    # end as if everything had been done.
+    submit(w, 20)
+    gate = threading.Event()
+    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None, gate=gate))
+    rescue = w.rescue("worker-stopped")
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json", *TWO)
+    w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 20, 60, "20 held messages")
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGTERM)
+    gate.set()
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 1, err
+    assert "were stopped (SIGTERM) before the end" in err
+    assert '"released": 0' not in out  # the stopped worker's share was given back
+    assert w.lab.queue_ids("hold") == []
+    sent = len(received_once(w))
+    assert 0 < sent < 20
+    assert sent + len(w.lab.queue_ids("deferred")) == 20
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].startswith("Z")

@@ -366,3 +366,53 @@ def test_a_split_flush_that_cannot_fork_flushes_in_this_process(
     assert sorted(smarthost.sent) == sorted(s.message.queue_id for s in batch)
     assert set(queue.where.values()) == {"gone"}
     assert summary.counts["rerouted"] == 5 and split.workers_used == 1
+
+
+def test_a_split_flush_cancelled_while_it_connects_to_its_workers_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancellation arrives while the parent connects to its second worker: every
+    # worker must still be told the selection ended and be waited for, not left running.
+    batch = [selected(n) for n in range(1, 6)]
+    queue, smarthost = FakeQueue(s.message.queue_id for s in batch), FakeSmarthost()
+    run, outcomes, _ = flush(tmp_path, queue, smarthost)
+
+    def worker(index: int, report: Callable[[Outcome], None]) -> Flush:
+        worker_run, _, _ = flush(tmp_path / f"w{index}", queue, smarthost, report=report)
+        return worker_run
+
+    real_connect = asyncio.open_unix_connection
+    calls = 0
+    outer: list[asyncio.Task[None]] = []
+
+    async def connect(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            outer[0].cancel()  # as a SIGTERM (run_async) would, right here
+        return await real_connect(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "open_unix_connection", connect)
+    split = ParallelFlush(
+        workers=2,
+        factory=worker,
+        single=lambda: run,
+        report=outcomes.append,
+        repair=lambda: None,
+        split_from=1,
+    )
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        outer.append(task)
+        await asyncio.wait_for(split.run(parts(batch)), 60)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(main())
+    assert split.workers_used == 2
+    pids = [w.pid for w in split._workers]
+    assert len(pids) == 2
+    for pid in pids:  # each worker ended and was waited for: none is left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -120,3 +120,45 @@ def test_workers_share_the_smarthosts_connections() -> None:
     assert worker_count(1, two) == 1
     assert worker_count(None, [host("a", 8)]) == min(os.cpu_count() or 1, MAX_WORKERS)
     assert worker_count(None, [host("a", 1)]) == 1
+
+
+def _posix_locks(pid: int, inode: int) -> list[str]:
+    """The POSIX locks /proc/locks shows for this process on this file."""
+    out = []
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "POSIX" and fields[4] == str(pid) and fields[5].endswith(f":{inode}"):
+            out.append(line)
+    return out
+
+
+def test_a_worker_forked_while_the_journal_is_closed_holds_its_own_locks(
+    tmp_path: Path,
+) -> None:
+    # A connection open across fork() hands SQLite's lock records to the child, which
+    # then takes no lock of its own: once the parent is gone, another process could
+    # checkpoint and delete the write-ahead log the child still writes to.
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    journal.begin_run("flush", 1)
+    inode = path.stat().st_ino
+    read, write = os.pipe()
+    with journal.closed_for_fork():
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                own = Journal(path, worker=0)
+                with own._transaction() as db:  # holds the database's locks meanwhile
+                    db.execute("SELECT count(*) FROM runs").fetchone()
+                    os.write(write, str(len(_posix_locks(os.getpid(), inode))).encode())
+                status = 0
+            finally:
+                os._exit(status)
+    os.close(write)
+    child_locks = int(os.read(read, 16) or b"-1")
+    _, status = os.waitpid(pid, 0)
+
+    assert status == 0
+    assert child_locks >= 1
+    assert journal.last_run("flush") is not None  # the parent's connection is back
