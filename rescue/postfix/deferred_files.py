@@ -15,7 +15,7 @@ from __future__ import annotations
 import marshal
 import os
 from collections.abc import Callable
-from typing import IO, NamedTuple
+from typing import NamedTuple
 
 from rescue.postfix.deferred import (
     CHUNK,
@@ -28,6 +28,7 @@ from rescue.postfix.deferred import (
     deferred_row,
 )
 from rescue.postfix.files_listing import POSTCONF_PARAMETERS, PostfixDirs
+from rescue.postfix.forked import PipedChild
 
 DEFER_LOGS = "defer"
 # Short queue ids are upper-case hex; their hash folders are their first characters.
@@ -205,28 +206,20 @@ def _defer_log(folders: _Folders, queue_id: str) -> bytes | None:
         os.close(fd)
 
 
-class Helper:
+class Helper(PipedChild):
     """A forked process that reads some of the files and sends back their rows."""
 
     def __init__(self, layout: QueueLayout, names: list[str]) -> None:
-        read_fd, write_fd = os.pipe()
-        self._pid = os.fork()
-        if self._pid == 0:  # the helper: read, send, leave without Python's clean-up
-            code = 1
+        def child(write_fd: int) -> None:  # read, send; PipedChild leaves without clean-up
             try:
-                os.close(read_fd)
-                try:
-                    reply: tuple[str, list[ListedRow] | str] = ("rows", read_rows(layout, names))
-                except (NotAsShowq, OSError) as exc:
-                    reply = ("not", str(exc))
-                data = marshal.dumps(reply)
-                with os.fdopen(write_fd, "wb") as out:
-                    out.write(data)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        self._pipe: IO[bytes] | None = os.fdopen(read_fd, "rb")
+                reply: tuple[str, list[ListedRow] | str] = ("rows", read_rows(layout, names))
+            except (NotAsShowq, OSError) as exc:
+                reply = ("not", str(exc))
+            data = marshal.dumps(reply)
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(data)
+
+        super().__init__(child)
 
     def rows(self) -> list[ListedRow]:
         assert self._pipe is not None
@@ -239,12 +232,3 @@ class Helper:
         if kind != "rows":
             raise NotAsShowq(str(rows))
         return list(rows)
-
-    def close(self) -> int:
-        """Wait for the helper; closing the pipe first ends it if it still writes."""
-        if self._pipe is None:
-            return 0
-        self._pipe.close()
-        self._pipe = None
-        _, status = os.waitpid(self._pid, 0)
-        return status

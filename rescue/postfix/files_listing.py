@@ -13,7 +13,9 @@ import contextlib
 import marshal
 import os
 import signal
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
+
+from rescue.postfix.forked import PipedChild
 
 if TYPE_CHECKING:
     from rescue.config import PostfixConfig
@@ -38,7 +40,7 @@ def dirs_of(config: PostfixConfig) -> PostfixDirs:
     return (str(config.config_dir), str(config.command_dir), str(queue_dir) if queue_dir else None)
 
 
-class FilesListing:
+class FilesListing(PipedChild):
     """A helper process reading the deferred queue's files; `messages()` takes its listing.
 
     `messages()` is None when the helper could not list the queue exactly as showq
@@ -49,13 +51,7 @@ class FilesListing:
         self.dirs = dirs
         self.relayhost: str | None = None
         self.problem = ""
-        read_fd, write_fd = os.pipe()
-        self._pid = os.fork()
-        if self._pid == 0:
-            os.close(read_fd)
-            _helper(write_fd, dirs)  # never returns
-        os.close(write_fd)
-        self._pipe: IO[bytes] | None = os.fdopen(read_fd, "rb")
+        super().__init__(lambda write_fd: _helper(write_fd, dirs))
 
     def messages(self) -> list[QueuedMessage] | None:
         from rescue.postfix.listing import message_of  # noqa: PLC0415  (after the fork)
@@ -92,15 +88,6 @@ class FilesListing:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
             self.close()
-
-    def close(self) -> int:
-        """Wait for the helper (closing the pipe first ends it if it still writes)."""
-        if self._pipe is None:
-            return 0
-        self._pipe.close()
-        self._pipe = None
-        _, status = os.waitpid(self._pid, 0)
-        return status
 
 
 def _helper(write_fd: int, dirs: PostfixDirs) -> None:

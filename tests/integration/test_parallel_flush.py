@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from rescue.flush.parallel import worker_of
 from tests.integration.kill_runs import FLUSH, kill_runs, submit_backlog
-from tests.integration.rescue_cli import smarthost_entry
+from tests.integration.rescue_cli import Rescue, smarthost_entry
 from tests.integration.world import World, journal_states, submit
 from tests.lab import wait_for
 from tests.lab.faults import Fault
@@ -49,6 +50,20 @@ def workers_of(pid: int) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def held_by_two_workers(
+    w: World, rescue: Rescue, n: int
+) -> tuple[subprocess.Popen[str], list[int], threading.Event]:
+    """A split flush whose n messages are held while the smarthost keeps its greeting
+    until the gate is set: (the flush, its two workers, the gate)."""
+    gate = threading.Event()
+    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None, gate=gate))
+    proc = rescue.popen("flush", "--provider", "ionos", "--json", *TWO)
+    w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == n, 60, f"{n} held messages")
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2
+    return proc, workers, gate
 
 
 def test_two_workers_send_each_message_once(w: World) -> None:
@@ -138,14 +153,8 @@ def test_workers_of_a_killed_flush_give_back_what_they_hold(w: World) -> None:
 
 def test_a_killed_worker_is_repaired_by_its_parent(w: World) -> None:
     ids = submit(w, 20)
-    gate = threading.Event()
-    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None, gate=gate))
     rescue = w.rescue("worker-killed")
-
-    proc = rescue.popen("flush", "--provider", "ionos", "--json", *TWO)
-    w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 20, 60, "20 held messages")
-    workers = workers_of(proc.pid)
-    assert len(workers) == 2
+    proc, workers, gate = held_by_two_workers(w, rescue, 20)
     os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
     wait_for(lambda: not Path(f"/proc/{workers[0]}").exists() or _zombie(workers[0]), 30, "")
     gate.set()  # the other worker's sessions go on and deliver
@@ -172,14 +181,7 @@ def test_a_worker_stopped_on_its_own_makes_the_run_partial(w: World) -> None:
     # An admin's `kill` of one worker: it gives back what it holds, and the run does not
     # end as if everything had been done.
     submit(w, 20)
-    gate = threading.Event()
-    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None, gate=gate))
-    rescue = w.rescue("worker-stopped")
-
-    proc = rescue.popen("flush", "--provider", "ionos", "--json", *TWO)
-    w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 20, 60, "20 held messages")
-    workers = workers_of(proc.pid)
-    assert len(workers) == 2
+    proc, workers, gate = held_by_two_workers(w, w.rescue("worker-stopped"), 20)
     os.kill(workers[0], signal.SIGTERM)
     gate.set()
     out, err = proc.communicate(timeout=120)

@@ -338,6 +338,20 @@ def test_the_250_survives_a_crash_before_the_writer_commits_it(
     assert (journal.steps_path.stat().st_size == 0) == fsync_works
 
 
+def split_in_two(
+    run: Flush, outcomes: list[Outcome], factory: Callable[[int, Callable[[Outcome], None]], Flush]
+) -> ParallelFlush:
+    """A flush split over two workers whatever its size; `run` if it cannot split."""
+    return ParallelFlush(
+        workers=2,
+        factory=factory,
+        single=lambda: run,
+        report=outcomes.append,
+        repair=lambda: None,
+        split_from=1,
+    )
+
+
 def test_a_split_flush_that_cannot_fork_flushes_in_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -352,14 +366,7 @@ def test_a_split_flush_that_cannot_fork_flushes_in_this_process(
         raise AssertionError("no worker may be built when none could be forked")
 
     monkeypatch.setattr(os, "fork", no_fork)
-    split = ParallelFlush(
-        workers=2,
-        factory=no_worker,
-        single=lambda: run,
-        report=outcomes.append,
-        repair=lambda: None,
-        split_from=1,
-    )
+    split = split_in_two(run, outcomes, no_worker)
 
     summary = asyncio.run(split.run(parts(batch)))
 
@@ -393,14 +400,7 @@ def test_a_split_flush_cancelled_while_it_connects_to_its_workers_ends(
         return await real_connect(**kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(asyncio, "open_unix_connection", connect)
-    split = ParallelFlush(
-        workers=2,
-        factory=worker,
-        single=lambda: run,
-        report=outcomes.append,
-        repair=lambda: None,
-        split_from=1,
-    )
+    split = split_in_two(run, outcomes, worker)
 
     async def main() -> None:
         task = asyncio.current_task()
