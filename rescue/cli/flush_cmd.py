@@ -251,24 +251,12 @@ def execute(
     send = sending(cfg)
     srs = SrsRewriter.from_config(send.srs)
 
-    def single() -> Flush:
-        return Flush(
-            queue=queue,
-            journal=journal,
-            srs=srs,
-            dispatcher=Dispatcher(send.smarthosts, cfg.retry),
-            read_envelope=read_envelope,
-            report=reporter,
-            primary=send.primary.name,
-            read_in_thread=read_in_thread,
-            prefetch_from=prefetch_from,
-        )
-
-    def worker(index: int, report: Callable[[Outcome], None]) -> Flush:
-        """In worker `index`: its own journal connection and its share of the sessions."""
-        own = Journal(journal.path, worker=index)
-        own.run_id = journal.run_id
-        hosts = [replace(h, max_connections=h.max_connections // workers) for h in send.smarthosts]
+    def build(
+        own: Journal,
+        hosts: Sequence[SmarthostConfig],
+        report: Callable[[Outcome], None],
+        prefetch: str | None = None,
+    ) -> Flush:
         return Flush(
             queue=queue,
             journal=own,
@@ -278,7 +266,18 @@ def execute(
             report=report,
             primary=send.primary.name,
             read_in_thread=read_in_thread,
+            prefetch_from=prefetch,
         )
+
+    def single() -> Flush:
+        return build(journal, send.smarthosts, reporter, prefetch_from)
+
+    def worker(index: int, report: Callable[[Outcome], None]) -> Flush:
+        """In worker `index`: its own journal connection and its share of the sessions."""
+        own = Journal(journal.path, worker=index)
+        own.run_id = journal.run_id
+        hosts = [replace(h, max_connections=h.max_connections // workers) for h in send.smarthosts]
+        return build(own, hosts, report)
 
     flush: Flush | ParallelFlush
     if workers > 1 and repair is not None:
