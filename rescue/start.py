@@ -172,16 +172,26 @@ def postfix_dirs(path: str, *, missing_ok: bool) -> tuple[str, str, str | None] 
     return config_dir, command_dir, queue_directory
 
 
-def leave_now() -> None:
-    """End a finished plain scan at once: its output is all written, nothing is held or
-    open, and tearing down the interpreter (tens of thousands of objects) only costs time.
-    If writing fails (a closed pipe), the normal exit reports it as before."""
+def leave_now(code: int = 0) -> None:
+    """End a finished command at once with `code`: its output is all written, nothing is
+    held or open, and tearing down the interpreter (tens of thousands of objects) only
+    costs time. Returns, for the normal exit, if writing fails (a closed pipe: the normal
+    exit reports it as before) or a thread other than this one still runs."""
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+        t.is_alive() and not t.daemon and t is not threading.current_thread()
+        for t in threading.enumerate()
+    ):
+        return
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+        logging = sys.modules.get("logging")
+        if logging is not None:
+            logging.shutdown()
     except (OSError, ValueError):
         return
-    os._exit(0)
+    os._exit(code)
 
 
 def main() -> None:
@@ -197,4 +207,11 @@ def main() -> None:
         return
     from rescue.cli.group import main as cli_main  # noqa: PLC0415
 
-    cli_main()
+    try:
+        cli_main()
+    except SystemExit as exc:
+        from rescue.cli.boundary import ends_at_once  # noqa: PLC0415
+
+        if ends_at_once() and (exc.code is None or isinstance(exc.code, int)):
+            leave_now(exc.code or 0)
+        raise

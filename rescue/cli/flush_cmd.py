@@ -21,7 +21,7 @@ import click
 
 from rescue.classify.inventory import Inventory
 from rescue.classify.select import Selectors, choose
-from rescue.cli.boundary import fail
+from rescue.cli.boundary import end_at_once, fail
 from rescue.cli.common import (
     is_terminal,
     load_config,
@@ -461,4 +461,5 @@ def flush(
         finally:
             journal.close()
     reporter.finish(summary)
+    end_at_once()  # the journal, the lock and every helper are closed
     ctx.exit(int(ExitCode.OK if summary.complete else ExitCode.PARTIAL))

@@ -200,3 +200,57 @@ def test_postfix_folders_are_read_as_the_config_reads_them(tmp_path: Path) -> No
     for unclear in ("[postfix\n", "postfix = 1\n", "[postfix]\nconfig_dir = 1\n"):
         config.write_text(unclear)
         assert postfix_dirs(str(config), missing_ok=False) is None
+
+
+# A command in a child process: `rescue.start.main` with the click group replaced by
+# `body`, an exit handler that says whether Python's normal exit ran, and a last line
+# written without a newline (the fast exit must still flush it).
+_ENDING = """
+import atexit, sys, threading, time
+import rescue.cli.group
+from rescue.cli.boundary import end_at_once
+from rescue.start import main
+
+def body():
+{body}
+
+rescue.cli.group.main = body
+atexit.register(lambda: print("normal exit", file=sys.stderr))
+sys.argv = ["queue-rescue", "flush"]
+main()
+"""
+
+
+def _end(body: str) -> subprocess.CompletedProcess[str]:
+    code = _ENDING.format(body="\n".join(f"    {line}" for line in body.splitlines()))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("status", [0, 1, 130])
+def test_a_command_that_closed_everything_ends_at_once_with_its_status(status: int) -> None:
+    done = _end(f'sys.stdout.write("summary")\nend_at_once()\nsys.exit({status})')
+    assert done.returncode == status
+    assert done.stdout == "summary"
+    assert "normal exit" not in done.stderr
+
+
+def test_without_being_told_a_command_ends_normally() -> None:
+    done = _end('sys.stdout.write("summary")\nsys.exit(1)')
+    assert (done.returncode, done.stdout) == (1, "summary")
+    assert "normal exit" in done.stderr
+
+
+def test_a_thread_still_running_makes_the_end_a_normal_one() -> None:
+    done = _end(
+        "threading.Thread(target=time.sleep, args=(0.3,)).start()\n"
+        'sys.stdout.write("summary")\nend_at_once()\nsys.exit(1)'
+    )
+    assert (done.returncode, done.stdout) == (1, "summary")
+    assert "normal exit" in done.stderr
