@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:  # `python bench/flush_bench.py` puts bench/ first
 from bench.backlog import backlog, create_backlog  # noqa: E402
 from bench.common import DOMAINS, IDLE_SHARE, BenchError, say  # noqa: E402
 from bench.measure import (  # noqa: E402
-    compile_package,
+    installed_python,
     measure_ceiling,
     measure_flush,
     measure_postfix_reroute,
@@ -90,7 +90,7 @@ def run(options: Options) -> dict[str, Any]:
     if options.wait_idle:
         say(f"waiting up to {options.wait_idle:g} s for the machine to be idle")
         waited = wait_idle(options.wait_idle)
-    compile_package()  # every measured command starts from bytecode, as once installed
+    python = installed_python()  # starts as an installed copy: bytecode, no editable hook
     messages = backlog(n)
     recipients = sum(len(m.recipients) for m in messages)
     sizes = [len(m.message) for m in messages]
@@ -135,7 +135,7 @@ def run(options: Options) -> dict[str, Any]:
         say(f"  {report['setup']['create']}")
 
         flush_sink = new_sink("flush")
-        rescue = rescue_config(root / "rescue", lab, flush_sink, options.smarthost)
+        rescue = rescue_config(root / "rescue", lab, flush_sink, options.smarthost, python)
         if "scan" not in options.skip:
             say(f"scan, scan --json, qshape: {options.repeat} times each")
             report["scan"] = measure_scans(rescue, lab, n, recipients, options.repeat)

@@ -6,8 +6,9 @@ import compileall
 import json
 import statistics
 import subprocess
-import sys
+import sysconfig
 import time
+import venv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,10 @@ def rate(messages: int, seconds: float) -> float:
     return round(messages / seconds, 1) if seconds > 0 else 0.0
 
 
-def rescue_config(root: Path, lab: PostfixLab, sink: Sink, options: dict[str, Any]) -> Rescue:
+def rescue_config(
+    root: Path, lab: PostfixLab, sink: Sink, options: dict[str, Any], python: str
+) -> Rescue:
+    """The flush's configuration; `python` starts queue-rescue (installed_python())."""
     domains = ", ".join(json.dumps(d) for d in DOMAINS)
     entry = smarthost_entry("sink", sink.port)
     entry.update(options)
@@ -51,6 +55,7 @@ def rescue_config(root: Path, lab: PostfixLab, sink: Sink, options: dict[str, An
         smarthosts=[entry],
         providers=f'[[provider]]\nname = "{PROVIDER}"\ndomains = [{domains}]\n',
         extra="[dns]\nenabled = false\n",
+        python=python,
     )
 
 
@@ -62,7 +67,7 @@ def measure_flush(
     if profile is not None:
         # pyinstrument in front of `-m rescue ...`: the same run, sampled.
         renderer = PROFILE_RENDERERS.get(profile.suffix, "text")
-        argv = [sys.executable, "-m", "pyinstrument", "-r", renderer, "-o", str(profile), *argv[1:]]
+        argv = [argv[0], "-m", "pyinstrument", "-r", renderer, "-o", str(profile), *argv[1:]]
     result: dict[str, Any] = {"command": "queue-rescue " + " ".join(args)}
     sampler = RssSampler(sink.count)
     try:
@@ -143,15 +148,35 @@ def measure_postfix_reroute(lab: PostfixLab, sink: Sink, n: int) -> dict[str, An
     return result
 
 
-def compile_package() -> None:
-    """Write rescue/'s bytecode (__pycache__), as installing the package does.
+def installed_python() -> str:
+    """A Python that starts queue-rescue the way an installed copy starts, and the
+    bytecode of rescue/ written.
 
-    An installed queue-rescue starts from the .pyc files pip wrote; the measured runs
-    start from the repository (an editable install), where Python compiles every module
-    at each start when nothing wrote them yet (PYTHONDONTWRITEBYTECODE=1, a fresh
-    checkout): a quarter of a small scan's time that no user's run spends.
+    The measured commands run the repository's code. The development set-up installs it
+    in editable mode, whose import hook setuptools loads at every interpreter start (13 ms
+    on the 2-CPU test machine: a tenth of a small scan) and which no installed copy has;
+    and where nothing wrote rescue/'s .pyc files yet (PYTHONDONTWRITEBYTECODE=1, a fresh
+    checkout) Python compiles every module at each start, which pip does once at install.
+    This is a virtual environment of its own (build/bench-python) whose one addition is a
+    .pth file naming the repository and the development environment's packages (the
+    dependencies) as plain paths.
     """
     compileall.compile_dir(REPO / "rescue", quiet=1)
+    home = REPO / "build" / "bench-python"
+    python = home / "bin" / "python"
+    if not python.exists():
+        venv.create(home, symlinks=True, with_pip=False)
+    purelib = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    paths = [str(REPO), sysconfig.get_path("purelib")]
+    (purelib / "queue-rescue-bench.pth").write_text("".join(f"{p}\n" for p in paths))
+    return str(python)
 
 
 def measure_scans(

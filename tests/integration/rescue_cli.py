@@ -49,6 +49,7 @@ class Rescue:
     extra: str = ""
     command_dir: Path | None = None  # a folder of wrapped Postfix commands, for fault tests
     postfix_extra: str = ""  # more lines for the [postfix] table, e.g. own_relays = [...]
+    python: str = sys.executable  # the interpreter command() starts
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ max_wait = "200ms"
         return self.config_path
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "rescue", "--config", str(self.write_config()), *args]
+        return [self.python, "-m", "rescue", "--config", str(self.write_config()), *args]
 
     def run(self, *args: str, timeout: float = 120, stdin: str = "") -> Result:
         env = dict(os.environ)
