@@ -11,3 +11,4 @@ class ExitCode(IntEnum):
     POSTFIX = 4  # Postfix could not be reached or its commands failed
     INTERRUPTED = 130  # stopped by SIGINT/SIGTERM; held messages were released
     SOFTWARE = 70  # an unexpected error (a bug); held messages were released
+    CLOSED_OUTPUT = 141  # the output's reader went away (`| head`): stopped, as by SIGPIPE

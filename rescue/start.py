@@ -175,8 +175,9 @@ def postfix_dirs(path: str, *, missing_ok: bool) -> tuple[str, str, str | None] 
 def leave_now(code: int = 0) -> None:
     """End a finished command at once with `code`: its output is all written, nothing is
     held or open, and tearing down the interpreter (tens of thousands of objects) only
-    costs time. Returns, for the normal exit, if writing fails (a closed pipe: the normal
-    exit reports it as before) or a thread other than this one still runs."""
+    costs time. Returns, for the normal exit, if writing fails or a thread other than
+    this one still runs; ends as rescue.cli.boundary.stop_writing says once the output's
+    reader has gone."""
     threading = sys.modules.get("threading")
     if threading is not None and any(
         t.is_alive() and not t.daemon and t is not threading.current_thread()
@@ -189,6 +190,12 @@ def leave_now(code: int = 0) -> None:
         logging = sys.modules.get("logging")
         if logging is not None:
             logging.shutdown()
+    except BrokenPipeError:
+        from rescue.cli.boundary import output_closed, stop_writing  # noqa: PLC0415
+
+        if output_closed():
+            stop_writing()
+        return
     except (OSError, ValueError):
         return
     os._exit(code)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import sys
 from typing import NoReturn
 
@@ -40,8 +42,31 @@ def fail(code: ExitCode, message: str) -> NoReturn:
     sys.exit(int(code))
 
 
+def output_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (`queue-rescue scan | head`)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stop_writing() -> NoReturn:
+    """End quietly once the output's reader has gone, as SIGPIPE ends a C program: no
+    error, and Python's own last flush of the output must not complain either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(int(ExitCode.CLOSED_OUTPUT))
+
+
 def fail_for(exc: BaseException) -> NoReturn:
     """Exit as the command line does for an error that ended a command."""
+    if isinstance(exc, BrokenPipeError) and output_closed():
+        stop_writing()
     if isinstance(exc, ConfigError):
         fail(ExitCode.USAGE, str(exc))
     if isinstance(exc, LockedError):

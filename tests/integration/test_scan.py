@@ -404,3 +404,20 @@ def test_plain_scan_prints_what_the_command_line_prints(
     assert plain.stderr == clicked.stderr
     assert plain.stdout == clicked.stdout
     assert plain.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("scan", "--json"), ("scan",), ("scan", "--by", "domain"), ("flush", "--all", "--dry-run")],
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly(
+    rescue: Rescue, args: tuple[str, ...]
+) -> None:
+    """`queue-rescue scan --json | head -1`: once the reader has gone, the command stops
+    writing and ends with 141 (as SIGPIPE ends a program), reporting no error."""
+    proc = rescue.popen(*args)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader goes away before a line is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    assert "error" not in err

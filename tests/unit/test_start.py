@@ -87,6 +87,8 @@ def test_anything_else_is_left_to_the_command_line(args: list[str]) -> None:
         (RescueError("partly"), ExitCode.PARTIAL, "partly"),
         (KeyboardInterrupt(), ExitCode.INTERRUPTED, "interrupted"),
         (ValueError("oops"), ExitCode.SOFTWARE, "unexpected error (a bug"),
+        # Not the output's: pytest's captured stdout is still open.
+        (BrokenPipeError(32, "Broken pipe"), ExitCode.SOFTWARE, "unexpected error (a bug"),
     ],
 )
 def test_errors_end_with_their_exit_code_and_one_line(
