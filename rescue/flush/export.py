@@ -22,6 +22,7 @@ from rescue.errors import (
 )
 from rescue.flush import holding
 from rescue.flush.plan import EnvelopeReader
+from rescue.flush.settle import NOT_ON_HOLD
 from rescue.journal.store import (
     ACCEPTED,
     DELETED,
@@ -287,8 +288,10 @@ class Export:
             self._report(item, EXPORTED)
 
     def _release(self, items: list[_Item]) -> None:
+        finished = False
         try:
             released = self._queue.release(i.queue_id for i in items)
+            finished = True
         except PostsuperFailed as exc:
             log.error("could not release all %d messages: %s", len(items), exc)
             released = set(exc.done)
@@ -298,10 +301,17 @@ class Export:
         self._journal.record(
             [i.key for i in items if i.queue_id in released], RELEASED, detail="released"
         )
+        # postsuper went through and did not find these on hold (see Settling._after_release)
+        not_held = [i for i in items if finished and i.queue_id not in released]
+        self._journal.record([i.key for i in not_held], SKIPPED, detail=NOT_ON_HOLD)
         for item in items:
             self._open.pop(item.queue_id, None)
             if item.queue_id in released:
                 self._report(item, FAILED if item.broken else RELEASED_ACTION)
+            elif finished:
+                item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
+                log.warning("%s: %s", item.queue_id, item.detail)
+                self._report(item, FAILED if item.broken else SKIPPED_ACTION)
             else:
                 item.detail = f"{item.detail}; release failed: the next run releases it"
                 log.error("%s: %s", item.queue_id, item.detail)

@@ -20,8 +20,8 @@ from rescue.errors import (
     PostsuperFailed,
     RescueError,
 )
-from rescue.flush.plan import FAILED, RELEASED_ACTION, REROUTED, Item
-from rescue.journal.store import DELETED, RELEASED, Journal
+from rescue.flush.plan import FAILED, RELEASED_ACTION, REROUTED, SKIPPED_ACTION, Item
+from rescue.journal.store import DELETED, RELEASED, SKIPPED, Journal
 from rescue.postfix.queue import MailQueue
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ T = TypeVar("T")
 # Settle (delete accepted, release refused) this often, so a long flush gives
 # mail back to Postfix as it goes, not only at the end.
 SETTLE_INTERVAL = 0.5
+# What a message to give back that postsuper did not find on hold is reported with.
+NOT_ON_HOLD = "not on hold when given back: Postfix has it (or it was deleted meanwhile)"
 
 
 class Settling:
@@ -148,20 +150,30 @@ class Settling:
         if not last_try:
             items = self._retry_later(items, released, finished)
         by_reason: dict[str, list[tuple[str, str]]] = {}
+        not_held = []
         for item in items:
             if item.queue_id in released:
                 by_reason.setdefault(item.detail or "released", []).append(item.key)
+            elif finished:
+                # postsuper went through and did not find it on hold: a hold that failed
+                # never held it, or someone else released or deleted it. Postfix has it.
+                item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
+                not_held.append(item)
         for reason, keys in by_reason.items():  # `status` shows why each was released
             self._note(keys, RELEASED, reason)
+        if not_held:
+            self._note([i.key for i in not_held], SKIPPED, NOT_ON_HOLD)
         for item in items:
             self._open.pop(item.queue_id, None)
             self._given_back.add(item.queue_id)
             if item.queue_id in released:
                 log.info("%s: released to Postfix: %s", item.queue_id, item.detail)
                 self._report(item, FAILED if item.broken else RELEASED_ACTION)
+            elif finished:
+                log.warning("%s: %s", item.queue_id, item.detail)
+                self._report(item, FAILED if item.broken else SKIPPED_ACTION)
             else:
                 item.detail = f"{item.detail}; release failed: the next run releases it"
                 log.error("%s: %s", item.queue_id, item.detail)
-                if not finished:
-                    self.left_on_hold.append(item.queue_id)
+                self.left_on_hold.append(item.queue_id)
                 self._report(item, FAILED)

@@ -392,7 +392,9 @@ def test_a_release_stopped_part_way_is_tried_again(w: World, tmp_path: Path) -> 
     assert result.code == 1, result.stderr
     assert w.lab.queue_ids("hold") == []
     assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
-    assert {o["action"] for o in result.outcomes.values()} <= {"released", "failed"}
+    # The one whose report line was lost: the second postsuper finds it back in the
+    # deferred queue already, so it is skipped (Postfix has it), not "release failed".
+    assert {o["action"] for o in result.outcomes.values()} <= {"released", "skipped"}
     assert result.summary["released"] >= 1
     assert w.smarthost.received == []
 
@@ -446,9 +448,13 @@ def test_a_message_released_by_hand_is_not_sent(w: World, tmp_path: Path, n: int
 
     assert proc.returncode == 1, err
     outcomes = [o for o in map(json.loads, out.splitlines()) if "queue_id" in o]
-    skipped = [o for o in outcomes if o["action"] == "skipped"]
-    assert len(skipped) == n - 1, outcomes
-    assert all("no longer on hold" in o["detail"] for o in skipped)
+    # Every message is Postfix's again, none was sent: each is skipped. The one the
+    # smarthost refused was no longer on hold to be given back (no "release failed").
+    assert len(outcomes) == n and all(o["action"] == "skipped" for o in outcomes), outcomes
+    unread = [o for o in outcomes if "no longer on hold" in o["detail"]]
+    refused = [o for o in outcomes if "not on hold when given back" in o["detail"]]
+    assert (len(unread), len(refused)) == (n - 1, 1), outcomes
+    assert "550" in refused[0]["detail"]
     assert w.smarthost.received == []
     assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
 
