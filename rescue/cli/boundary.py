@@ -66,6 +66,10 @@ def stop_writing() -> NoReturn:
 def fail_for(exc: BaseException) -> NoReturn:
     """Exit as the command line does for an error that ended a command."""
     if isinstance(exc, BrokenPipeError) and output_closed():
+        # Writing failed while an error was being reported (Ctrl-C kills `| jq` too):
+        # that error is what ended the command, and stderr still says so.
+        if isinstance(exc.__context__, RescueError | KeyboardInterrupt):
+            fail_for(exc.__context__)
         stop_writing()
     if isinstance(exc, ConfigError):
         fail(ExitCode.USAGE, str(exc))

@@ -8,6 +8,7 @@ crashed run worked on, never on another source's messages.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -295,7 +296,9 @@ def execute(
     try:
         return run_async(flush.run(selection))
     except KeyboardInterrupt:
-        reporter.finish(flush.summary)
+        # The output's reader may have gone too (Ctrl-C reaches `| jq` as well).
+        with contextlib.suppress(OSError):
+            reporter.finish(flush.summary)
         if flush.left_on_hold:
             click.echo(
                 f"queue-rescue: {len(flush.left_on_hold)} message(s) could not be given back "
@@ -422,7 +425,11 @@ def flush(
                 postfix = Postfix(cfg.postfix)
 
                 def repair() -> None:
-                    report_recovery(recover(journal, postfix), as_json=as_json)
+                    report = recover(journal, postfix)
+                    try:
+                        report_recovery(report, as_json=as_json)
+                    except OSError as exc:  # the output's reader has gone; recovery is done
+                        log.error("cannot report the recovery (%r)", exc)
 
                 repair()
                 reader = HeldMessageReader(postfix)

@@ -301,14 +301,11 @@ class Export:
         self._journal.record(
             [i.key for i in items if i.queue_id in released], RELEASED, detail="released"
         )
-        # postsuper went through and did not find these on hold (see Settling._after_release)
-        not_held = [i for i in items if finished and i.queue_id not in released]
-        self._journal.record([i.key for i in not_held], SKIPPED, detail=NOT_ON_HOLD)
         for item in items:
             self._open.pop(item.queue_id, None)
             if item.queue_id in released:
                 self._report(item, FAILED if item.broken else RELEASED_ACTION)
-            elif finished:
+            elif finished:  # see rescue.flush.settle.NOT_ON_HOLD: left open in the journal
                 item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
                 log.warning("%s: %s", item.queue_id, item.detail)
                 self._report(item, FAILED if item.broken else SKIPPED_ACTION)

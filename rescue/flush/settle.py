@@ -21,7 +21,7 @@ from rescue.errors import (
     RescueError,
 )
 from rescue.flush.plan import FAILED, RELEASED_ACTION, REROUTED, SKIPPED_ACTION, Item
-from rescue.journal.store import DELETED, RELEASED, SKIPPED, Journal
+from rescue.journal.store import DELETED, RELEASED, Journal
 from rescue.postfix.queue import MailQueue
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,11 @@ T = TypeVar("T")
 # Settle (delete accepted, release refused) this often, so a long flush gives
 # mail back to Postfix as it goes, not only at the end.
 SETTLE_INTERVAL = 0.5
-# What a message to give back that postsuper did not find on hold is reported with.
-NOT_ON_HOLD = "not on hold when given back: Postfix has it (or it was deleted meanwhile)"
+# A message to give back that a postsuper which went through did not report releasing:
+# not on hold (a hold that failed never held it; someone else released or deleted it),
+# or, rarely, a file postsuper would not touch (its mode, a changed hash layout). The
+# journal keeps it open, so that the next run's recovery looks at the hold queue again.
+NOT_ON_HOLD = "postsuper did not find it on hold to give back; the next run checks again"
 
 
 class Settling:
@@ -150,26 +153,19 @@ class Settling:
         if not last_try:
             items = self._retry_later(items, released, finished)
         by_reason: dict[str, list[tuple[str, str]]] = {}
-        not_held = []
         for item in items:
             if item.queue_id in released:
                 by_reason.setdefault(item.detail or "released", []).append(item.key)
-            elif finished:
-                # postsuper went through and did not find it on hold: a hold that failed
-                # never held it, or someone else released or deleted it. Postfix has it.
-                item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
-                not_held.append(item)
         for reason, keys in by_reason.items():  # `status` shows why each was released
             self._note(keys, RELEASED, reason)
-        if not_held:
-            self._note([i.key for i in not_held], SKIPPED, NOT_ON_HOLD)
         for item in items:
             self._open.pop(item.queue_id, None)
             self._given_back.add(item.queue_id)
             if item.queue_id in released:
                 log.info("%s: released to Postfix: %s", item.queue_id, item.detail)
                 self._report(item, FAILED if item.broken else RELEASED_ACTION)
-            elif finished:
+            elif finished:  # see NOT_ON_HOLD
+                item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
                 log.warning("%s: %s", item.queue_id, item.detail)
                 self._report(item, FAILED if item.broken else SKIPPED_ACTION)
             else:

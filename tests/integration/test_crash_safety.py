@@ -423,6 +423,27 @@ def test_a_second_ctrl_c_does_not_stop_the_release(w: World, tmp_path: Path) -> 
     assert journal_states(rescue) == Counter({"released": 3})
 
 
+def test_ctrl_c_that_also_ends_the_output_reader_still_says_interrupted(w: World) -> None:
+    # `queue-rescue flush --json | jq .` and Ctrl-C: the signal ends jq as well, so the
+    # flush's last report finds its output closed. It is still an interruption (130, said
+    # on stderr) that released everything, not a quiet end for a closed pipe (141).
+    ids = submit(w, 3)
+    w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
+    rescue = w.rescue("ctrl-c-closed-output")
+
+    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 3, 60, "3 held messages")
+    assert proc.stdout is not None
+    proc.stdout.close()  # jq has gone
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert w.lab.queue_ids("hold") == []
+    assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
+
+
 @pytest.mark.parametrize("n", [3, 200], ids=["read-when-sent", "read-ahead"])
 def test_a_message_released_by_hand_is_not_sent(w: World, tmp_path: Path, n: int) -> None:
     # While the flush waits on the smarthost, the admin runs `postsuper -H ALL`: the
@@ -452,7 +473,7 @@ def test_a_message_released_by_hand_is_not_sent(w: World, tmp_path: Path, n: int
     # smarthost refused was no longer on hold to be given back (no "release failed").
     assert len(outcomes) == n and all(o["action"] == "skipped" for o in outcomes), outcomes
     unread = [o for o in outcomes if "no longer on hold" in o["detail"]]
-    refused = [o for o in outcomes if "not on hold when given back" in o["detail"]]
+    refused = [o for o in outcomes if "did not find it on hold" in o["detail"]]
     assert (len(unread), len(refused)) == (n - 1, 1), outcomes
     assert "550" in refused[0]["detail"]
     assert w.smarthost.received == []

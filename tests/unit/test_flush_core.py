@@ -24,7 +24,16 @@ from rescue.flush.core import Flush
 from rescue.flush.parallel import ParallelFlush
 from rescue.flush.plan import Outcome, Summary
 from rescue.journal.recovery import recover
-from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SENDING, SKIPPED, Journal
+from rescue.journal.store import (
+    ACCEPTED,
+    DELETED,
+    HELD,
+    HOLDING,
+    RELEASED,
+    SENDING,
+    SKIPPED,
+    Journal,
+)
 from rescue.model import Envelope, QueuedMessage, Recipient, Selected
 from rescue.smarthost.session import Accepted
 
@@ -247,15 +256,58 @@ def test_a_hold_that_fails_part_way_is_given_back(tmp_path: Path) -> None:
 
     assert smarthost.sent == []
     assert set(queue.where.values()) == {"deferred"}  # none left on hold
-    # The three it held are released; the three it never held are not "failed" (nothing
-    # went wrong with them): skipped, Postfix has them. Each ends in a final state.
+    # The three it held are released; the three it never held are not "failed" with
+    # "release failed" (nothing failed, nothing is left to release): skipped, and left
+    # open in the journal, where the next run's recovery finds them in deferred.
     actions = {o.queue_id: o.action for o in outcomes}
     ids = [s.message.queue_id for s in chosen]
     assert actions == {**dict.fromkeys(ids[:3], "released"), **dict.fromkeys(ids[3:], "skipped")}
-    assert all("not on hold" in o.detail for o in outcomes if o.action == "skipped")
+    assert all("did not find it on hold" in o.detail for o in outcomes if o.action == "skipped")
+    assert run.left_on_hold == []
+    states = journal.states(s.message.key for s in chosen)
+    assert [states[s.message.key] for s in chosen] == [RELEASED] * 3 + [HOLDING] * 3
+    later = HeldQueue(s.message for s in chosen)  # the next run sees the queue as it is
+    later.where = dict(queue.where)
+    report = recover(journal, later)
+    assert (report.released, sorted(report.gone)) == ((), sorted(ids[3:]))
     states = journal.states(s.message.key for s in chosen)
     assert [states[s.message.key] for s in chosen] == [RELEASED] * 3 + [SKIPPED] * 3
-    assert run.left_on_hold == []
+
+
+def test_a_message_still_on_hold_that_postsuper_passed_over_is_released_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    # postsuper -H exits 0 without reporting a file it would not touch (its mode, a hash
+    # layout changed meanwhile): the message is still on hold. The journal keeps it open,
+    # so the next run's recovery releases it; it never stays on hold for good.
+    chosen = [selected(n) for n in range(2)]
+    stuck = chosen[0].message.queue_id
+
+    class PassesOverOnce(HeldQueue):
+        passed_over = False
+
+        def release(self, queue_ids: Iterable[str]) -> set[str]:
+            ids = list(queue_ids)
+            if not self.passed_over and stuck in ids:
+                self.passed_over = True
+                ids.remove(stuck)
+            return super().release(ids)
+
+    queue = PassesOverOnce(s.message for s in chosen)
+    queue.where = dict.fromkeys(queue.where, "deferred")
+    smarthost = FakeSmarthost(refuse=[s.message.queue_id for s in chosen])
+    run, outcomes, journal = flush(tmp_path, queue, smarthost)
+
+    asyncio.run(run.run(chosen))
+
+    assert queue.where[stuck] == "hold"
+    assert {o.queue_id: o.action for o in outcomes}[stuck] == "skipped"
+    key = chosen[0].message.key
+    assert journal.states([key])[key] not in (DELETED, RELEASED, SKIPPED)
+    report = recover(journal, queue)  # the next run
+    assert report.released == (stuck,)
+    assert queue.where[stuck] == "deferred"
+    assert journal.states([key])[key] == RELEASED
 
 
 def broken_disk(fd: int) -> None:
