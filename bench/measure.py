@@ -166,14 +166,8 @@ def installed_python() -> str:
     python = home / "bin" / "python"
     if not python.exists():
         venv.create(home, symlinks=True, with_pip=False)
-    purelib = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    # Its site-packages, laid out as this interpreter's (the same Python made both).
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(home)}))
     paths = [str(REPO), sysconfig.get_path("purelib")]
     (purelib / "queue-rescue-bench.pth").write_text("".join(f"{p}\n" for p in paths))
     return str(python)

@@ -22,7 +22,6 @@ from rescue.errors import (
 )
 from rescue.flush import holding
 from rescue.flush.plan import EnvelopeReader
-from rescue.flush.settle import NOT_ON_HOLD
 from rescue.journal.store import (
     ACCEPTED,
     DELETED,
@@ -303,13 +302,4 @@ class Export:
         )
         for item in items:
             self._open.pop(item.queue_id, None)
-            if item.queue_id in released:
-                self._report(item, FAILED if item.broken else RELEASED_ACTION)
-            elif finished:  # see rescue.flush.settle.NOT_ON_HOLD: left open in the journal
-                item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
-                log.warning("%s: %s", item.queue_id, item.detail)
-                self._report(item, FAILED if item.broken else SKIPPED_ACTION)
-            else:
-                item.detail = f"{item.detail}; release failed: the next run releases it"
-                log.error("%s: %s", item.queue_id, item.detail)
-                self._report(item, FAILED)
+            self._report(item, holding.given_back(item, released, finished))

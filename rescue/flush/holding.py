@@ -1,4 +1,5 @@
-"""The first steps every run that takes mail shares: skip what was sent, hold the rest.
+"""The steps every run that takes mail shares: skip what was sent, hold the rest, and
+say how each message given back ended.
 
 Used by the flush and by the export; both journal each message as `holding`
 before postsuper holds it, so that a crash right after the hold is repaired.
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from rescue.errors import RescueError
+from rescue.flush.plan import FAILED, RELEASED_ACTION, SKIPPED_ACTION
 from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SKIPPED, Journal
 from rescue.model import Selected
 from rescue.postfix.queue import MailQueue
@@ -19,6 +21,12 @@ log = logging.getLogger(__name__)
 
 NOT_DEFERRED = "no longer in the deferred queue (Postfix delivered or moved it)"
 HOLD_FAILED = "the hold failed; released"
+# A message to give back that a postsuper which went through did not report releasing:
+# not on hold (a hold that failed never held it; someone else released or deleted it),
+# or, rarely, a file postsuper would not touch (its mode, a changed hash layout). The
+# journal keeps it open, so that the next run's recovery looks at the hold queue again.
+NOT_ON_HOLD = "postsuper did not find it on hold to give back; the next run checks again"
+RELEASE_FAILED = "release failed: the next run releases it"
 
 
 class Taken(Protocol):
@@ -118,3 +126,27 @@ def end_hold(journal: Journal, items: Sequence[T], held_ids: set[str]) -> tuple[
         log.info("%s: %s", item.queue_id, item.detail)
     log.info("held %d of %d selected messages", len(held), len(items))
     return held, gone
+
+
+class GivenBack(Protocol):
+    detail: str
+    broken: bool
+
+    @property
+    def queue_id(self) -> str: ...
+
+
+def given_back(item: GivenBack, released: set[str], finished: bool) -> str:
+    """The action a message given back ends with, logged: `released` by the postsuper
+    call (which `finished`, or failed part way), not found on hold by it, or maybe still
+    on hold (the call failed before it said)."""
+    if item.queue_id in released:
+        log.info("%s: released to Postfix: %s", item.queue_id, item.detail)
+        return FAILED if item.broken else RELEASED_ACTION
+    if finished:
+        item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
+        log.warning("%s: %s", item.queue_id, item.detail)
+        return FAILED if item.broken else SKIPPED_ACTION
+    item.detail = f"{item.detail}; {RELEASE_FAILED}"
+    log.error("%s: %s", item.queue_id, item.detail)
+    return FAILED

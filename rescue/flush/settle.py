@@ -20,7 +20,8 @@ from rescue.errors import (
     PostsuperFailed,
     RescueError,
 )
-from rescue.flush.plan import FAILED, RELEASED_ACTION, REROUTED, SKIPPED_ACTION, Item
+from rescue.flush.holding import given_back
+from rescue.flush.plan import REROUTED, Item
 from rescue.journal.store import DELETED, RELEASED, Journal
 from rescue.postfix.queue import MailQueue
 
@@ -30,11 +31,6 @@ T = TypeVar("T")
 # Settle (delete accepted, release refused) this often, so a long flush gives
 # mail back to Postfix as it goes, not only at the end.
 SETTLE_INTERVAL = 0.5
-# A message to give back that a postsuper which went through did not report releasing:
-# not on hold (a hold that failed never held it; someone else released or deleted it),
-# or, rarely, a file postsuper would not touch (its mode, a changed hash layout). The
-# journal keeps it open, so that the next run's recovery looks at the hold queue again.
-NOT_ON_HOLD = "postsuper did not find it on hold to give back; the next run checks again"
 
 
 class Settling:
@@ -161,15 +157,6 @@ class Settling:
         for item in items:
             self._open.pop(item.queue_id, None)
             self._given_back.add(item.queue_id)
-            if item.queue_id in released:
-                log.info("%s: released to Postfix: %s", item.queue_id, item.detail)
-                self._report(item, FAILED if item.broken else RELEASED_ACTION)
-            elif finished:  # see NOT_ON_HOLD
-                item.detail = f"{item.detail or 'given back'}; {NOT_ON_HOLD}"
-                log.warning("%s: %s", item.queue_id, item.detail)
-                self._report(item, FAILED if item.broken else SKIPPED_ACTION)
-            else:
-                item.detail = f"{item.detail}; release failed: the next run releases it"
-                log.error("%s: %s", item.queue_id, item.detail)
+            if item.queue_id not in released and not finished:
                 self.left_on_hold.append(item.queue_id)
-                self._report(item, FAILED)
+            self._report(item, given_back(item, released, finished))
