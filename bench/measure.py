@@ -6,6 +6,7 @@ import compileall
 import json
 import statistics
 import subprocess
+import sys
 import sysconfig
 import time
 import venv
@@ -164,8 +165,10 @@ def installed_python() -> str:
     compileall.compile_dir(REPO / "rescue", quiet=1)
     home = REPO / "build" / "bench-python"
     python = home / "bin" / "python"
-    if not python.exists():
-        venv.create(home, symlinks=True, with_pip=False)
+    # Made again when the development environment moved to another Python: the .pth
+    # below only fits the interpreter that made the venv.
+    if not python.exists() or python.resolve() != Path(sys.executable).resolve():
+        venv.create(home, symlinks=True, with_pip=False, clear=True)
     # Its site-packages, laid out as this interpreter's (the same Python made both).
     purelib = Path(sysconfig.get_path("purelib", vars={"base": str(home)}))
     paths = [str(REPO), sysconfig.get_path("purelib")]
