@@ -12,19 +12,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import click
 
 from rescue.classify.select import Selectors
+from rescue.cli.asking import confirmed, where_to_ask
 from rescue.cli.boundary import fail
-from rescue.cli.common import is_terminal, load_config
+from rescue.cli.common import load_config
 from rescue.cli.flush_cmd import FOLDER, report_recovery, select
 from rescue.cli.output import age, console, json_line, print_table, show_sender
 from rescue.cli.selectors import selector_options
@@ -132,13 +133,12 @@ def hostname_of(postfix: Postfix) -> str | None:
         return None
 
 
-def confirm(selection: list[Selected], folder: Path, keep: bool) -> bool:
+def confirm(selection: list[Selected], folder: Path, keep: bool, terminal: TextIO) -> bool:
     recipients = sum(len(s.message.recipients) for s in selection)
     then = "leave them on hold" if keep else "delete them from Postfix"
-    return click.confirm(
+    return confirmed(
         f"Export {len(selection)} messages ({recipients} recipients) to {folder} and {then}?",
-        default=False,
-        err=True,
+        terminal,
     )
 
 
@@ -147,7 +147,12 @@ def confirm(selection: list[Selected], folder: Path, keep: bool) -> bool:
 @selector_options("move")
 @click.option("--keep", is_flag=True, help="Leave exported messages on hold in Postfix.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be exported; change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Do not ask first (without it, and with no terminal to ask on, nothing is done).",
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per message, then a summary."
 )
@@ -193,6 +198,7 @@ def export(
         reporter.finish(summary)
         return
 
+    terminal = where_to_ask(yes, "export")
     prepare_folder(folder)
     # The folder's own lock keeps a `flush --from` on it out while we write into it.
     folder_lock = JournalConfig(ExportQueue(folder).journal_path).lock_path
@@ -208,8 +214,7 @@ def export(
             selection = select(cfg, selectors)
             if not selection:
                 click.echo("Nothing to export: no deferred message matches.", err=True)
-            interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
-            if selection and not yes and interactive and not confirm(selection, folder, keep):
+            if selection and terminal and not confirm(selection, folder, keep, terminal):
                 fail(ExitCode.USAGE, "not confirmed; nothing was changed")
             reporter = ExportReporter(as_json=as_json, dry_run=False)
             run = Export(

@@ -17,11 +17,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TextIO
 
 import click
 
 from rescue.classify.inventory import Inventory
 from rescue.classify.select import Selectors, choose
+from rescue.cli.asking import confirmed, where_to_ask
 from rescue.cli.boundary import end_at_once, fail
 from rescue.cli.common import (
     is_terminal,
@@ -214,14 +216,13 @@ def report_recovery(report: RecoveryReport, *, as_json: bool = False) -> None:
         )
 
 
-def confirm(selection: list[Selected], cfg: Config) -> bool:
+def confirm(selection: list[Selected], cfg: Config, terminal: TextIO) -> bool:
     recipients = sum(len(s.message.recipients) for s in selection)
     providers = sorted({s.provider for s in selection})
-    return click.confirm(
+    return confirmed(
         f"Reroute {len(selection)} messages ({recipients} recipients; "
         f"{', '.join(providers)}) through {sending(cfg).primary.name}?",
-        default=False,
-        err=True,
+        terminal,
     )
 
 
@@ -316,17 +317,18 @@ def show_dry_run(cfg: Config, selection: list[Selected], *, as_json: bool) -> No
 
 
 def what_to_flush(
-    chooser: Chooser, cfg: Config, *, ask: bool
+    chooser: Chooser, cfg: Config, *, ask: TextIO | None
 ) -> tuple[list[Selected] | AsyncIterator[list[Selected]], int | None]:
-    """(the selection, how many) after asking; without asking it streams (how many: None).
+    """(the selection, how many) after asking on `ask`, a terminal; without asking it
+    streams (how many: None).
 
-    Asking first needs the whole selection in memory; a flush with --yes, or not
-    on a terminal, holds and sends each part of the listing as it reads on.
+    Asking first needs the whole selection in memory; a flush with --yes holds and
+    sends each part of the listing as it reads on.
     """
-    if not ask:
+    if ask is None:
         return chooser.batches(), None
     selection = run_async(chooser.all())
-    if selection and not confirm(selection, cfg):
+    if selection and not confirm(selection, cfg, ask):
         fail(ExitCode.USAGE, "not confirmed; nothing was changed")
     return selection, len(selection)
 
@@ -337,7 +339,12 @@ FOLDER = click.Path(file_okay=False, path_type=Path)
 @click.command()
 @selector_options("reroute")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be rerouted; change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Do not ask first (without it, and with no terminal to ask on, nothing is done).",
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per message, then a summary."
 )
@@ -394,7 +401,7 @@ def flush(
     Examples:
       queue-rescue flush --provider ionos --dry-run
       queue-rescue flush --provider ionos --older-than 30m --yes
-      queue-rescue flush --queue-id 4F2A81C0D3 --json
+      queue-rescue flush --queue-id 4F2A81C0D3 --yes --json
       queue-rescue flush --spool /mnt/oldhost/var/spool/postfix --provider ionos
       queue-rescue flush --from /srv/rescued-mail --yes
     """
@@ -410,6 +417,7 @@ def flush(
     if dry_run:
         show_dry_run(cfg, select(cfg, selectors, copy, everything=everything), as_json=as_json)
         return
+    terminal = where_to_ask(yes, "flush")
 
     journal_cfg = cfg.journal if copy is None else JournalConfig(copy.journal_path)
     with queue_lock(journal_cfg.lock_path, "flush", wait):
@@ -445,7 +453,7 @@ def flush(
                 everything=everything,
             )
             interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
-            selection, total = what_to_flush(chooser, cfg, ask=interactive and not yes)
+            selection, total = what_to_flush(chooser, cfg, ask=terminal)
             reporter = FlushReporter(
                 as_json=as_json, total=total, interactive=interactive, dry_run=False
             )

@@ -44,7 +44,9 @@ def test_garbage_and_truncated_listing_lines(w: World, tmp_path: Path) -> None:
     )
     commands = command_folder(tmp_path / "bin", w.lab.command_dir, postqueue=script)
 
-    result = w.rescue("garbage", command_dir=commands).run("flush", "--provider", "ionos", "--json")
+    result = w.rescue("garbage", command_dir=commands).run(
+        "flush", "--yes", "--provider", "ionos", "--json"
+    )
 
     assert result.code == 0, result.stderr
     assert set(result.outcomes) == set(ids)
@@ -67,7 +69,9 @@ def test_message_vanished_between_listing_and_reading(w: World, tmp_path: Path) 
         ),
     )
 
-    result = w.rescue("vanish", command_dir=commands).run("flush", "--provider", "ionos", "--json")
+    result = w.rescue("vanish", command_dir=commands).run(
+        "flush", "--yes", "--provider", "ionos", "--json"
+    )
 
     assert result.code == 1
     assert result.outcomes[gone]["action"] == "skipped"
@@ -92,7 +96,7 @@ def test_corrupt_queue_file_is_reported_and_left_in_postfix(w: World, tmp_path: 
     )
 
     result = w.rescue("corrupt", command_dir=commands).run(
-        "--verbose", "flush", "--provider", "ionos", "--json"
+        "--verbose", "flush", "--yes", "--provider", "ionos", "--json"
     )
 
     assert result.code == 1
@@ -116,7 +120,7 @@ def test_non_utf8_header_bytes_arrive_unchanged(w: World) -> None:
     w.lab.wait_deferred(1)
     queued = w.lab.postcat(qid, "-bh")
 
-    result = w.rescue("latin1").run("flush", "--queue-id", qid, "--json")
+    result = w.rescue("latin1").run("flush", "--yes", "--queue-id", qid, "--json")
 
     assert result.code == 0, result.stderr
     [got] = w.smarthost.received
@@ -129,7 +133,7 @@ def test_addresses_with_quotes_and_unusual_characters(w: World) -> None:
     qid = w.lab.submit("o'hara+x@example.com", recipients, body(1))
     w.lab.wait_deferred(1)
 
-    result = w.rescue("quotes").run("flush", "--queue-id", qid, "--json")
+    result = w.rescue("quotes").run("flush", "--yes", "--queue-id", qid, "--json")
 
     assert result.code == 0, result.stderr
     [got] = w.smarthost.received
@@ -138,7 +142,7 @@ def test_addresses_with_quotes_and_unusual_characters(w: World) -> None:
 
 
 def test_empty_queue(w: World) -> None:
-    result = w.rescue("empty").run("flush", "--all", "--json")
+    result = w.rescue("empty").run("flush", "--yes", "--all", "--json")
     assert result.code == 0
     assert result.summary["selected"] == 0
     assert "Nothing to reroute" in result.stderr
@@ -160,7 +164,7 @@ def test_postsuper_failing_part_way_leaves_nothing_on_hold(w: World, tmp_path: P
     )
 
     result = w.rescue("partial-hold", command_dir=commands).run(
-        "flush", "--provider", "ionos", "--json"
+        "flush", "--yes", "--provider", "ionos", "--json"
     )
 
     assert result.code == 4, result.stderr
@@ -220,7 +224,7 @@ def test_journal_failing_mid_flush_is_exit_70_with_nothing_left_on_hold(
     )
     rescue.command_dir = commands
 
-    result = rescue.run("flush", "--provider", "ionos", "--json")
+    result = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 70, result.stderr
     assert f"queue-rescue: error: journal {rescue.journal_path}: disk I/O error" in result.stderr
@@ -261,7 +265,7 @@ def test_broken_and_vanished_files_in_a_large_flush(w: World, tmp_path: Path, wo
     )
 
     result = w.rescue(f"large-{workers}", command_dir=commands).run(
-        "flush", "--provider", "ionos", "--json", "--workers", workers
+        "flush", "--yes", "--provider", "ionos", "--json", "--workers", workers
     )
 
     assert result.code == 1

@@ -70,7 +70,7 @@ def test_reason_selects_by_the_delay_reason(w: World) -> None:
     unable = deferred_with(w, UNABLE, "a@kunde1.test", 1)
     invalid = deferred_with(w, "421 4.7.0 invalid sender domain", "b@kunde2.test", 2)
 
-    result = w.rescue("reason").run("flush", "--reason", "unable to VERIFY", "--json")
+    result = w.rescue("reason").run("flush", "--yes", "--reason", "unable to VERIFY", "--json")
 
     assert result.code == 0, result.stderr
     assert list(result.outcomes) == [unable]
@@ -81,7 +81,7 @@ def test_reason_selects_by_the_delay_reason(w: World) -> None:
 def test_a_bad_reason_regex_is_exit_2_and_changes_nothing(w: World) -> None:
     qid = deferred_with(w, UNABLE, "a@kunde1.test", 1)
 
-    result = w.rescue("badregex").run("flush", "--reason", "([", "--json")
+    result = w.rescue("badregex").run("flush", "--yes", "--reason", "([", "--json")
 
     assert result.code == 2
     assert "--reason" in result.stderr and "not a valid regex" in result.stderr
@@ -149,7 +149,7 @@ def test_every_documented_flush_json_field_and_summary_key(w: World) -> None:
     assert set(dry.summary) == SUMMARY_KEYS
     assert (dry.summary["selected"], dry.summary["would_reroute"]) == (2, 2)
 
-    result = rescue.run("flush", "--provider", "ionos", "--json")
+    result = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 1, result.stderr
     for outcome in result.outcomes.values():
@@ -201,7 +201,7 @@ def test_status_since_shows_only_what_happened_in_the_window(w: World) -> None:
     w.smarthost.script(
         Fault(stage="RCPT", reply="550 5.1.1 no such user", recipient="b@kunde2.test", times=None)
     )
-    flushed = w.rescue("status").run("flush", "--provider", "ionos", "--json")
+    flushed = w.rescue("status").run("flush", "--yes", "--provider", "ionos", "--json")
     assert flushed.code == 1, flushed.stderr
     # What the journal says of `old` is dated back two hours, as if flushed then.
     with sqlite3.connect(w.rescue("status").journal_path) as db:
@@ -238,13 +238,15 @@ def test_flush_from_an_export_narrowed_by_selectors(w: World, tmp_path: Path) ->
     assert exported.code == 0, exported.stderr
     assert w.lab.queue() == []
 
-    by_domain = rescue.run("flush", "--from", str(folder), "--domain", "kunde2.test", "--json")
+    by_domain = rescue.run(
+        "flush", "--yes", "--from", str(folder), "--domain", "kunde2.test", "--json"
+    )
 
     assert by_domain.code == 0, by_domain.stderr
     assert list(by_domain.outcomes) == [ids[1]]
     assert [r.rcpt_tos for r in w.smarthost.received] == [("u2@kunde2.test",)]
 
-    by_id = rescue.run("flush", "--from", str(folder), "--queue-id", ids[2], "--json")
+    by_id = rescue.run("flush", "--yes", "--from", str(folder), "--queue-id", ids[2], "--json")
 
     assert by_id.code == 0, by_id.stderr
     assert list(by_id.outcomes) == [ids[2]]
@@ -282,7 +284,7 @@ def test_a_vv_flush_logs_no_secret(w: World, tmp_path: Path) -> None:
             )
         ]
 
-        result = rescue.run("-vv", "flush", "--provider", "ionos", "--json")
+        result = rescue.run("-vv", "flush", "--yes", "--provider", "ionos", "--json")
 
         assert result.code == 0, result.stderr
         assert {r.auth_user for r in server.received} == {"rescue"}

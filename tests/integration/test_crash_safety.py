@@ -86,7 +86,7 @@ def test_sigkill_after_accepted_before_delete(w: World, tmp_path: Path) -> None:
     commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, "-d")
     rescue = w.rescue("kill-accepted", command_dir=commands)
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json")
     wait_for(reached.exists, 60, "the delete to start")
     kill_hard(proc)
 
@@ -98,7 +98,7 @@ def test_sigkill_after_accepted_before_delete(w: World, tmp_path: Path) -> None:
     # it was about to do goes on (as it would after the OOM killer).
     flag.unlink()
     wait_for(lambda: not postsuper_running(w.lab), 60, "postsuper to finish")
-    again = rescue.run("flush", "--provider", "ionos", "--json")
+    again = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert again.code == 0, again.stderr
     recovered = next(o["recovery"] for o in again.lines if "recovery" in o)
@@ -114,12 +114,12 @@ def test_sigkill_after_the_hold(w: World) -> None:
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
     rescue = w.rescue("kill-held")
 
-    proc = rescue.popen("flush", "--provider", "ionos")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos")
     w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 5, 60, "5 held messages")
     kill_hard(proc)
     w.smarthost.clear_faults()
 
-    again = rescue.run("flush", "--provider", "ionos", "--json")
+    again = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert again.code == 0, again.stderr
     assert "5 released to Postfix" in again.stderr
@@ -136,13 +136,13 @@ def test_sigkill_while_the_smarthost_answers_slowly(w: World) -> None:
         smarthosts=one_session(w, timeout="60s"),
     )
 
-    proc = rescue.popen("flush", "--provider", "ionos")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos")
     wait_for(lambda: w.smarthost.transactions_attempted >= 1, 60, "a transaction to start")
     kill_hard(proc)
     assert w.smarthost.received == []
     w.smarthost.clear_faults()
 
-    again = rescue.run("flush", "--provider", "ionos", "--json")
+    again = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert again.code == 0, again.stderr
     # Named as maybe sent twice (it was `sending`), in the summary line and in --json.
@@ -161,7 +161,7 @@ def test_signals_release_everything_held(w: World, sig: signal.Signals) -> None:
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
     rescue = w.rescue(f"signal-{sig.name}")
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json")
     w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 3, 60, "3 held messages")
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
@@ -186,7 +186,7 @@ def sigterm_while_postsuper(
     commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, option)
     rescue = w.rescue(f"term{option}", command_dir=commands)
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json")
     wait_for(reached.exists, 60, f"postsuper {option} to start")
     proc.send_signal(signal.SIGTERM)
     flag.unlink()  # postsuper goes on, as a real one would after the signal
@@ -216,7 +216,7 @@ def test_sigterm_while_deleting_never_gives_back_what_was_sent(w: World, tmp_pat
     ids, rescue, _ = sigterm_while_postsuper(w, tmp_path, "-d", 5)
 
     assert_each_sent_once_or_deferred(w, ids)  # none both at the smarthost and deferred
-    again = rescue.run("flush", "--provider", "ionos", "--json")
+    again = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
     assert again.code == 0, again.stderr
     assert_each_sent_once_or_deferred(w, ids)
     assert len(w.smarthost.received) == 5
@@ -225,7 +225,7 @@ def test_sigterm_while_deleting_never_gives_back_what_was_sent(w: World, tmp_pat
 
 def sigterm_once_the_smarthost_has_the_text(w: World, rescue: Rescue) -> tuple[str, str]:
     """Flush; SIGTERM once the smarthost has a message's text; (stdout, stderr) of exit 130."""
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json")
     w.smarthost.wait_for(lambda: len(w.smarthost.received) == 1, 60, "a message's text")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -267,10 +267,10 @@ def test_a_second_instance_says_who_holds_the_lock(w: World) -> None:
     submit(w, 1)
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
     rescue = w.rescue("lock")
-    first = rescue.popen("flush", "--provider", "ionos")
+    first = rescue.popen("flush", "--yes", "--provider", "ionos")
     try:
         w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 1, 60, "the message on hold")
-        second = rescue.run("flush", "--provider", "ionos", "--wait", "0")
+        second = rescue.run("flush", "--yes", "--provider", "ionos", "--wait", "0")
         assert second.code == 3
         assert f"pid {first.pid}" in second.stderr
         assert "queue-rescue flush" in second.stderr
@@ -284,7 +284,7 @@ def test_smarthost_down_gives_everything_back(w: World) -> None:
     ids = submit(w, 4)
     w.smarthost.script(Fault(stage="GREETING", reply="421 4.3.2 closing", times=None))
 
-    result = w.rescue("down").run("flush", "--provider", "ionos", "--json")
+    result = w.rescue("down").run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 1
     assert result.summary["released"] == 4
@@ -308,7 +308,7 @@ def test_timeout_after_end_of_data_is_counted_and_given_back(w: World) -> None:
         ],
     )
 
-    result = rescue.run("flush", "--provider", "ionos", "--json")
+    result = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 1
     outcome = result.outcomes[qid]
@@ -365,7 +365,7 @@ def test_a_hold_that_loses_a_report_line_leaves_nothing_on_hold(w: World, tmp_pa
     commands = stopped_part_way(tmp_path / "bin", w.lab.command_dir, "-h", skip=0)
 
     result = w.rescue("hold-lost-line", command_dir=commands).run(
-        "flush", "--provider", "ionos", "--json"
+        "flush", "--yes", "--provider", "ionos", "--json"
     )
 
     assert w.lab.queue_ids("hold") == []
@@ -386,7 +386,7 @@ def test_a_release_stopped_part_way_is_tried_again(w: World, tmp_path: Path) -> 
     commands = stopped_part_way(tmp_path / "bin", w.lab.command_dir, "-H", skip=1)
 
     result = w.rescue("release-part-way", command_dir=commands).run(
-        "flush", "--provider", "ionos", "--json"
+        "flush", "--yes", "--provider", "ionos", "--json"
     )
 
     assert result.code == 1, result.stderr
@@ -408,7 +408,7 @@ def test_a_second_ctrl_c_does_not_stop_the_release(w: World, tmp_path: Path) -> 
     commands, flag, reached = wrapped_commands(tmp_path / "bin", w.lab.command_dir, "-H")
     rescue = w.rescue("ctrl-c-twice", command_dir=commands)
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json")
     w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 3, 60, "3 held messages")
     os.killpg(proc.pid, signal.SIGINT)
     wait_for(reached.exists, 60, "the release to start")
@@ -431,7 +431,7 @@ def test_ctrl_c_that_also_ends_the_output_reader_still_says_interrupted(w: World
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
     rescue = w.rescue("ctrl-c-closed-output")
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json")
     w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 3, 60, "3 held messages")
     assert proc.stdout is not None
     proc.stdout.close()  # jq has gone
@@ -456,7 +456,7 @@ def test_a_message_released_by_hand_is_not_sent(w: World, tmp_path: Path, n: int
     w.smarthost.script(Fault(stage="MAIL", reply="550 5.7.1 no", action="hang", gate=gate))
     rescue = w.rescue("released-by-hand", smarthosts=one_session(w, timeout="60s"))
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json")
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json")
     wait_for(lambda: w.smarthost.transactions_attempted >= 1, 60, "the first transaction")
     assert sorted(w.lab.queue_ids("hold")) == sorted(ids)
     subprocess.run(

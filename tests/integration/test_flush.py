@@ -68,7 +68,7 @@ def test_only_pending_recipients_are_sent(w: World) -> None:
     w.lab.wait_deferred(1)
     assert w.accepting.wait_for_count(1)[0].rcpt_tos == (f"done@{ACCEPTING_DOMAIN}",)
 
-    result = w.rescue("partial").run("flush", "--queue-id", qid, "--json")
+    result = w.rescue("partial").run("flush", "--yes", "--queue-id", qid, "--json")
 
     assert result.code == 0, result.stderr
     [got] = w.smarthost.received
@@ -88,7 +88,7 @@ def test_content_arrives_byte_for_byte(w: World) -> None:
     w.lab.wait_deferred(1)
     queued = w.lab.postcat(qid, "-bh")
 
-    result = w.rescue("bytes").run("flush", "--domain", "kunde2.test", "--json")
+    result = w.rescue("bytes").run("flush", "--yes", "--domain", "kunde2.test", "--json")
 
     assert result.code == 0, result.stderr
     [got] = w.smarthost.received
@@ -102,7 +102,7 @@ def test_null_sender_stays_null(w: World) -> None:
     qid = w.lab.submit("", ["bounce-to@kunde3.test"], body(3))
     w.lab.wait_deferred(1)
 
-    result = w.rescue("null").run("flush", "--provider", "ionos", "--json")
+    result = w.rescue("null").run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 0, result.stderr
     [got] = w.smarthost.received
@@ -124,7 +124,7 @@ def test_dsn_parameters_are_passed_on(w: World) -> None:
     )
     w.lab.wait_deferred(1)
 
-    result = w.rescue("dsn").run("flush", "--queue-id", qid, "--json")
+    result = w.rescue("dsn").run("flush", "--yes", "--queue-id", qid, "--json")
 
     assert result.code == 0, result.stderr
     [got] = w.smarthost.received
@@ -163,7 +163,7 @@ def test_mail_to_another_provider_is_not_touched(w: World) -> None:
     w.lab.wait_deferred(1)
     before = queue_files(w.lab)
 
-    result = w.rescue("other").run("flush", "--all", "--json")
+    result = w.rescue("other").run("flush", "--yes", "--all", "--json")
 
     assert result.code == 0
     assert result.summary["selected"] == 0
@@ -177,8 +177,8 @@ def test_second_flush_sends_nothing_twice(w: World) -> None:
     w.lab.wait_deferred(1)
     rescue = w.rescue("twice")
 
-    first = rescue.run("flush", "--provider", "ionos", "--json")
-    second = rescue.run("flush", "--provider", "ionos", "--json")
+    first = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
+    second = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert first.summary["rerouted"] == 1
     assert second.summary["selected"] == 0 and second.code == 0
@@ -194,7 +194,7 @@ def test_refused_recipient_sends_nothing_and_gives_the_message_back(w: World) ->
         )
     )
 
-    result = w.rescue("refused").run("flush", "--provider", "ionos", "--json")
+    result = w.rescue("refused").run("flush", "--yes", "--provider", "ionos", "--json")
 
     w.smarthost.clear_faults()
     assert result.code == 1
@@ -216,7 +216,7 @@ def test_limit_and_older_than(w: World) -> None:
             w.lab.set_arrival(ids[n], now - minutes * 60)
     rescue = w.rescue("limit")
 
-    old = rescue.run("flush", "--provider", "ionos", "--older-than", "100m", "--json")
+    old = rescue.run("flush", "--yes", "--provider", "ionos", "--older-than", "100m", "--json")
 
     assert old.code == 0, old.stderr
     assert set(old.outcomes) == {ids[1], ids[2]}
@@ -228,7 +228,7 @@ def test_limit_and_older_than(w: World) -> None:
 
     # --limit takes the oldest of what is left: the one 90 minutes old.
     w.smarthost.reset()
-    limited = rescue.run("flush", "--provider", "ionos", "--limit", "1", "--json")
+    limited = rescue.run("flush", "--yes", "--provider", "ionos", "--limit", "1", "--json")
 
     assert limited.code == 0, limited.stderr
     assert list(limited.outcomes) == [ids[3]]
@@ -237,20 +237,20 @@ def test_limit_and_older_than(w: World) -> None:
 
 
 def test_flush_without_a_selector_refuses(w: World) -> None:
-    result = w.rescue("nosel").run("flush")
+    result = w.rescue("nosel").run("flush", "--yes")
     assert result.code == 2
     assert "--provider" in result.stderr
 
 
 def test_unknown_provider_is_a_usage_error(w: World) -> None:
-    result = w.rescue("unknown").run("flush", "--provider", "nosuch")
+    result = w.rescue("unknown").run("flush", "--yes", "--provider", "nosuch")
     assert result.code == 2
     assert "unknown provider nosuch" in result.stderr
 
 
 def test_config_error_names_file_and_key(w: World) -> None:
     rescue = w.rescue("badconf", extra="[dns]\nport = 'many'\n")
-    result = rescue.run("flush", "--all")
+    result = rescue.run("flush", "--yes", "--all")
     assert result.code == 2
     assert f"{rescue.config_path}: dns.port: expected an integer" in result.stderr
     assert result.stderr.count("\n") == 1

@@ -36,7 +36,7 @@ def test_ten_thousand_deferred_messages(w: World) -> None:
     mx_queries = {name: n for (name, kind), n in asked.items() if kind == "MX"}
     assert mx_queries == dict.fromkeys(CUSTOMER_DOMAINS, 1)
 
-    result = rescue.run("flush", "--provider", "ionos", "--json", timeout=600)
+    result = rescue.run("flush", "--yes", "--provider", "ionos", "--json", timeout=600)
 
     assert result.code == 0, result.stderr[-2000:]
     assert result.summary["rerouted"] == MESSAGES

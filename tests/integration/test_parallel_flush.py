@@ -59,7 +59,7 @@ def held_by_two_workers(
     until the gate is set: (the flush, its two workers, the gate)."""
     gate = threading.Event()
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None, gate=gate))
-    proc = rescue.popen("flush", "--provider", "ionos", "--json", *TWO)
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json", *TWO)
     w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == n, 60, f"{n} held messages")
     workers = workers_of(proc.pid)
     assert len(workers) == 2
@@ -70,7 +70,7 @@ def test_two_workers_send_each_message_once(w: World) -> None:
     ids = submit(w, 40)
     rescue = w.rescue("two")
 
-    result = rescue.run("-v", "flush", "--provider", "ionos", "--json", *TWO)
+    result = rescue.run("-v", "flush", "--yes", "--provider", "ionos", "--json", *TWO)
 
     assert result.code == 0, result.stderr
     assert "flush split over 2 worker processes" in result.stderr
@@ -92,7 +92,7 @@ def test_a_refusing_smarthost_gives_every_workers_messages_back(w: World) -> Non
     w.smarthost.script(Fault(stage="GREETING", reply="421 4.3.2 closing", times=None))
     rescue = w.rescue("refused")
 
-    result = rescue.run("flush", "--provider", "ionos", "--json", *TWO)
+    result = rescue.run("flush", "--yes", "--provider", "ionos", "--json", *TWO)
 
     assert result.code == 1, result.stderr
     assert result.summary["released"] == 12 and result.summary["rerouted"] == 0
@@ -109,7 +109,7 @@ def test_a_signal_to_the_parent_gives_back_what_the_workers_hold(
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
     rescue = w.rescue(f"parallel-{sig.name}")
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json", *TWO)
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json", *TWO)
     w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 8, 60, "8 held messages")
     assert len(workers_of(proc.pid)) == 2
     if sig == signal.SIGINT:
@@ -131,7 +131,7 @@ def test_workers_of_a_killed_flush_give_back_what_they_hold(w: World) -> None:
     w.smarthost.script(Fault(stage="GREETING", action="hang", times=None))
     rescue = w.rescue("parent-killed")
 
-    proc = rescue.popen("flush", "--provider", "ionos", "--json", *TWO)
+    proc = rescue.popen("flush", "--yes", "--provider", "ionos", "--json", *TWO)
     w.lab.wait_for(lambda: len(w.lab.queue_ids("hold")) == 8, 60, "8 held messages")
     workers = workers_of(proc.pid)
     assert len(workers) == 2
@@ -145,7 +145,7 @@ def test_workers_of_a_killed_flush_give_back_what_they_hold(w: World) -> None:
     assert sorted(w.lab.queue_ids("deferred")) == sorted(ids)
     assert journal_states(rescue) == Counter({"released": 8})
     w.smarthost.clear_faults()
-    again = rescue.run("flush", "--provider", "ionos", "--json", *TWO)
+    again = rescue.run("flush", "--yes", "--provider", "ionos", "--json", *TWO)
     assert again.code == 0, again.stderr
     assert len(received_once(w)) == 8
     assert w.lab.queue() == []
@@ -170,7 +170,7 @@ def test_a_killed_worker_is_repaired_by_its_parent(w: World) -> None:
     shares = [{q for q in ids if worker_of(q, 2) == k} for k in (0, 1)]
     assert all(shares) and sent in shares
     assert set(w.lab.queue_ids("deferred")) == set(ids) - sent
-    again = rescue.run("flush", "--provider", "ionos", "--json", *TWO)
+    again = rescue.run("flush", "--yes", "--provider", "ionos", "--json", *TWO)
     assert again.code == 0, again.stderr
     assert len(received_once(w)) == 20
     assert w.lab.queue() == []

@@ -150,11 +150,11 @@ def test_a_relay_not_named_as_ours_is_taken_for_the_destination(queued: Lab) -> 
 
 def test_flush_takes_what_the_reason_host_names(queued: Lab) -> None:
     rescue = queued.rescue("flush")
-    gmx = rescue.run("flush", "--provider", "gmx", "--json")
+    gmx = rescue.run("flush", "--yes", "--provider", "gmx", "--json")
     assert gmx.code == 0, gmx.stderr
     assert gmx.summary["selected"] == 0  # DNS says GMX for named.test; its reason does not
 
-    result = rescue.run("flush", "--provider", "ionos", "--json")
+    result = rescue.run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 0, result.stderr
     taken = {d: queued.ids[d] for d in ("named.test", "nodns.test", "viarelay.test")}

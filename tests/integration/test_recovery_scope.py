@@ -46,7 +46,7 @@ def crash_after_hold(w: World, tmp_path: Path, n: int) -> tuple[list[str], str]:
         "crash",
         command_dir=command_folder(tmp_path / "bin", w.lab.command_dir, postsuper=KILL_AFTER_HOLD),
     )
-    result = crashing.run("flush", "--provider", "ionos", "--json")
+    result = crashing.run("flush", "--yes", "--provider", "ionos", "--json")
     assert result.code == -signal.SIGKILL, result.stderr
     assert sorted(w.lab.queue_ids("hold")) == sorted([*ids, by_hand])
     assert w.smarthost.received == []
@@ -58,7 +58,7 @@ def test_a_message_held_by_hand_survives_a_crash_and_recovery(w: World, tmp_path
     before = held_file(w.lab, by_hand)
 
     # The same journal, real postsuper: recovery first, then the flush goes on.
-    result = w.rescue("crash").run("flush", "--provider", "ionos", "--json")
+    result = w.rescue("crash").run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 0, result.stderr
     assert "recovered from an interrupted run: 0 accepted message(s) deleted, 3 released" in (
@@ -82,7 +82,7 @@ def test_recovery_leaves_a_held_file_that_is_not_the_one_it_recorded(
     w.lab.set_arrival(ids[0], entry["arrival_time"] - 3600, queue_name="hold")
     other = held_file(w.lab, ids[0])
 
-    result = w.rescue("crash").run("flush", "--provider", "ionos", "--json")
+    result = w.rescue("crash").run("flush", "--yes", "--provider", "ionos", "--json")
 
     assert result.code == 0, result.stderr
     assert "0 accepted message(s) deleted, 1 released" in result.stderr
