@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from rescue.classify.catalog import Provider
+from rescue.classify.catalog import Provider, load_catalog
 from rescue.config import ConfigError, SmarthostConfig, parse_config
 from rescue.journal.store import ACCEPTED, DELETED, HELD, RELEASED, SENDING, Journal
 from rescue.model import Classification, QueuedMessage, Recipient
@@ -378,6 +378,12 @@ def test_example_config_is_valid_with_its_files(tmp_path: Path) -> None:
     cfg = parse_config(example, text)
     assert cfg.service.interval == 60.0
     assert cfg.providers[0].reroute == "manual"
+    # Its [[provider]] changes no list of the built-in entry (init writes this file).
+    builtin = load_catalog().by_name["ionos"]
+    assert load_catalog(cfg.providers).by_name["ionos"] == builtin
+    # Its [[provider]] changes no list of the built-in entry (init writes this file).
+    builtin = load_catalog().by_name["ionos"]
+    assert load_catalog(cfg.providers).by_name["ionos"] == builtin
 
 
 # --- sd_notify and metrics ------------------------------------------------------------------
