@@ -13,7 +13,15 @@ import click
 
 from rescue.cli.boundary import fail
 from rescue.cli.common import State
-from rescue.cli.init_template import Answers, dns_records, example_text, main_cf_lines, render
+from rescue.cli.init_template import (
+    MX_PLACEHOLDER,
+    Answers,
+    bounce_host,
+    dns_records,
+    example_text,
+    main_cf_lines,
+    render,
+)
 from rescue.config import DEFAULT_PORTS, TLS_MODES, PostfixConfig, config_path
 from rescue.errors import PostfixError
 from rescue.exitcodes import ExitCode
@@ -95,14 +103,18 @@ def _refuse_overwrite(paths: list[Path], force: bool) -> None:
         fail(ExitCode.USAGE, f"{', '.join(there)}: already there; nothing was changed (--force)")
 
 
-def _mx_host(postfix_dir: Path) -> str:
-    """Where bounces to the SRS domain go: this Postfix's myhostname, else this host's name."""
+def _mx_host(postfix_dir: Path) -> str | None:
+    """Where bounces to the SRS domain go: this Postfix's myhostname, else this host's
+    name; None when no public name is known (init_template.bounce_host)."""
     from rescue.postfix.commands import Postfix  # noqa: PLC0415
 
     try:
-        return Postfix(PostfixConfig(config_dir=postfix_dir)).postconf("myhostname")
+        myhostname: str | None = Postfix(PostfixConfig(config_dir=postfix_dir)).postconf(
+            "myhostname"
+        )
     except (PostfixError, OSError):
-        return socket.getfqdn()
+        myhostname = None
+    return bounce_host(myhostname, socket.getfqdn())
 
 
 @click.command()
@@ -243,8 +255,15 @@ def _advise(answers: Answers) -> None:
     domain = answers.srs_domain
     click.echo("")
     click.echo(f"DNS for the SRS domain {domain} (bounces come here; the smarthost may send):")
-    for line in dns_records(answers, _mx_host(answers.postfix_dir)):
+    mx_host = _mx_host(answers.postfix_dir)
+    for line in dns_records(answers, mx_host or MX_PLACEHOLDER):
         click.echo(f"  {line}")
+    if mx_host is None:
+        click.echo(
+            f"  ({MX_PLACEHOLDER}: the public name of the server that takes the bounces;"
+            f" neither Postfix's myhostname (in {answers.postfix_dir}) nor this host's"
+            " name is one)"
+        )
     click.echo("")
     click.echo(
         f"main.cf lines that turn bounces back (served by `queue-rescue srs serve`; "

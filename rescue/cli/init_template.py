@@ -142,6 +142,21 @@ def spf_mechanism(host: str) -> str:
     return f"ip{address.version}:{address}"
 
 
+# In the MX record printed when no public name of this host is known.
+MX_PLACEHOLDER = "MAIL-HOST-OF-THIS-SERVER"
+
+
+def bounce_host(myhostname: str | None, fqdn: str) -> str | None:
+    """The host bounces to the SRS domain go to: Postfix's myhostname, else this host's
+    fully qualified name; None when neither looks like a public name (no dot, or a
+    localhost name), rather than an MX record that would lose the bounces."""
+    for candidate in (myhostname, fqdn):
+        name = (candidate or "").strip().rstrip(".")
+        if "." in name and not name.lower().startswith("localhost"):
+            return name
+    return None
+
+
 def dns_records(answers: Answers, mx_host: str) -> list[str]:
     """The zone lines to publish for the SRS domain: bounces come to `mx_host`."""
     domain = answers.srs_domain.rstrip(".")

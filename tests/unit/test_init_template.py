@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from rescue.cli.init_template import (
     Answers,
+    bounce_host,
     dns_records,
     example_text,
     fill,
@@ -99,6 +100,24 @@ def test_spf_allows_the_smarthost() -> None:
     assert spf_mechanism("smtp.provider.test") == "a:smtp.provider.test"
     assert spf_mechanism("192.0.2.7") == "ip4:192.0.2.7"
     assert spf_mechanism("2001:db8::1") == "ip6:2001:db8::1"
+
+
+@pytest.mark.parametrize(
+    ("myhostname", "fqdn", "expected"),
+    [
+        ("mail.example.com", "web1.example.com", "mail.example.com"),
+        ("mail.example.com.", "localhost", "mail.example.com"),
+        (None, "web1.example.com", "web1.example.com"),  # Postfix not readable
+        ("localhost.localdomain", "web1.example.com", "web1.example.com"),
+        (None, "localhost", None),  # no public name at all: no MX to publish
+        ("mail", "mail", None),
+        ("", "", None),
+    ],
+)
+def test_bounces_go_to_a_public_name_or_none(
+    myhostname: str | None, fqdn: str, expected: str | None
+) -> None:
+    assert bounce_host(myhostname, fqdn) == expected
 
 
 def test_dns_records_and_main_cf(tmp_path: Path) -> None:
