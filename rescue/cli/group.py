@@ -13,11 +13,12 @@ EXIT_CODES = """\b
 Exit codes:
   0  done: every selected message was rerouted (or nothing was selected)
   1  some selected messages were not rerouted; they are back in Postfix
-  2  bad command line or configuration; nothing was changed
+  2  bad command line or configuration, or not confirmed; nothing was changed
   3  another queue-rescue holds the lock; nothing was changed
   4  Postfix could not be reached, or one of its commands failed
   70 unexpected error (a bug); held messages were released
-  130 interrupted (Ctrl-C, SIGTERM); held messages were released"""
+  130 interrupted (Ctrl-C, SIGTERM); held messages were released
+  141 the output's reader went away (scan | head)"""
 
 
 # Each command is imported only when it runs: a flush should not pay for loading the

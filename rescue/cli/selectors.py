@@ -28,11 +28,16 @@ def selectors_from(
         reason_re = re.compile(reason, re.IGNORECASE) if reason else None
     except re.error as exc:
         raise click.BadParameter(f"not a valid regex: {exc}", param_hint="--reason") from None
+    try:
+        age = parse_duration(older_than) if older_than else None
+    except click.BadParameter as exc:
+        exc.param_hint = "--older-than"
+        raise
     return Selectors(
         providers=frozenset(p.lower() for p in provider),
         queue_ids=frozenset(queue_id),
         domains=frozenset(d.lower().lstrip("@") for d in domain),
-        older_than=parse_duration(older_than) if older_than else None,
+        older_than=age,
         reason=reason_re,
         limit=limit,
         all=select_all,
@@ -65,7 +70,9 @@ def selector_options(verb: str) -> Callable[[F], F]:
             help="Messages with a recipient in this domain (repeatable).",
         ),
         click.option(
-            "--older-than", metavar="AGE", help="Only mail queued longer than AGE (30m, 2h, 1d)."
+            "--older-than",
+            metavar="AGE",
+            help="Only mail queued longer than AGE (30m, 2h, 1d; a bare number is seconds).",
         ),
         click.option(
             "--reason", metavar="REGEX", help="Only recipients whose delay reason matches."
