@@ -113,7 +113,10 @@ def main() -> int:
     lab = PostfixLab(root / "postfix", transports=transports, name="demo")
     try:
         lab.start()
-        step(f"Postfix sends {args.messages} mails to {len(DOMAINS)} customer domains at 1&1")
+        step(
+            f"Postfix sends {args.messages} mails to {len(DOMAINS)} customer domains at 1&1,"
+            f" and one to a partner ({OTHER}) at another provider"
+        )
         lab.submit_many(
             Submission(f"billing@{SENDER_DOMAIN}", (f"customer{n}@{DOMAINS[n % 31]}",), message(n))
             for n in range(args.messages)

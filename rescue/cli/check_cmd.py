@@ -96,6 +96,8 @@ def _smarthost(host: SmarthostConfig) -> Callable[[], str]:
             raise DeliveryError(
                 "no answer in time", smarthost=host.name, transient=True, stage="connect"
             ) from None
+        except DeliveryError as exc:  # its text starts with the name the check line shows
+            raise RescueError(str(exc).removeprefix(f"{host.name}: ")) from exc
 
     return probe
 

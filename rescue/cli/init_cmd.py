@@ -231,6 +231,8 @@ def _password(from_stdin: bool, yes: bool) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not yes:
         password = click.prompt("Password", hide_input=True, err=True)
+    if not password and from_stdin:
+        raise click.UsageError("--password-stdin: the first line of standard input is empty")
     if not password:
         raise click.UsageError("a login needs a password (--password-stdin)")
     return password

@@ -99,9 +99,10 @@ def load_config(path: Path, *, missing_ok: bool = False) -> Config:
     except FileNotFoundError:
         if missing_ok:
             return replace(parse_config(path, ""), from_file=False)
-        raise ConfigError(
-            path, None, f"no such file (use --config or ${CONFIG_ENV}, or {INIT_HINT})"
-        ) from None
+        where = (
+            f"name one with --config or ${CONFIG_ENV}, or " if path == DEFAULT_CONFIG_PATH else ""
+        )
+        raise ConfigError(path, None, f"no such file; {where}{INIT_HINT}") from None
     return parse_config(path, text)
 
 

@@ -197,3 +197,29 @@ def test_init_with_yes_needs_the_values_without_defaults(tmp_path: Path) -> None
     assert result.code == 2
     assert "--srs-domain is needed with --yes" in result.stderr
     assert not (tmp_path / "c.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("stdin", "says"),
+    [
+        ("\n", "--password-stdin: the first line of standard input is empty"),
+        ("", "--password-stdin: the first line of standard input is empty"),
+    ],
+)
+def test_an_empty_password_on_stdin_is_named(tmp_path: Path, stdin: str, says: str) -> None:
+    result = cli(
+        "init",
+        "--yes",
+        "--smarthost",
+        "smtp.init.test",
+        "--user",
+        "a@b.example",
+        "--password-stdin",
+        "--srs-domain",
+        SRS_DOMAIN,
+        config=tmp_path / "c.toml",
+        stdin=stdin,
+    )
+    assert result.code == 2
+    assert says in result.stderr
+    assert not (tmp_path / "c.toml").exists()

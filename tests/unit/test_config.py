@@ -88,11 +88,21 @@ def test_bad_tls_mode(tmp_path: Path) -> None:
     assert "starttls, implicit, none" in err.problem
 
 
-def test_missing_file(tmp_path: Path) -> None:
+def test_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.toml")
     assert str(tmp_path / "nope.toml") in str(info.value)
-    assert "no such file" in info.value.problem and "queue-rescue init" in info.value.problem
+    # Named by --config or the environment: no advice to use them.
+    assert info.value.problem == (
+        "no such file; create it with `queue-rescue init` (or see config.example.toml)"
+    )
+    default = tmp_path / "default.toml"  # as if /etc/queue-rescue/config.toml
+    monkeypatch.setattr("rescue.config.load.DEFAULT_CONFIG_PATH", default)
+    with pytest.raises(ConfigError) as info:
+        load_config(default)
+    assert info.value.problem.startswith(
+        "no such file; name one with --config or $QUEUE_RESCUE_CONFIG, or create it with"
+    )
 
 
 def test_invalid_toml(tmp_path: Path) -> None:
