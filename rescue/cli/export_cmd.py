@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
-from typing import TextIO
 
 import click
 
 from rescue.classify.select import Selectors
-from rescue.cli.asking import confirmed, where_to_ask
-from rescue.cli.boundary import fail
+from rescue.cli.asking import confirmed_keys, sigterm_interrupts
 from rescue.cli.common import load_config
 from rescue.cli.flush_cmd import FOLDER, report_recovery, select
 from rescue.cli.output import age, console, json_line, print_table, show_sender
@@ -102,20 +96,6 @@ class ExportReporter:
         out.print("Summary: " + ", ".join(words) + f" in {summary.elapsed:.1f}s", markup=False)
 
 
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so `finally` blocks run."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def prepare_folder(folder: Path) -> None:
     """Create the export folder (private: it holds mail) and make its entry durable."""
     try:
@@ -133,13 +113,10 @@ def hostname_of(postfix: Postfix) -> str | None:
         return None
 
 
-def confirm(selection: list[Selected], folder: Path, keep: bool, terminal: TextIO) -> bool:
+def question(selection: list[Selected], folder: Path, keep: bool) -> str:
     recipients = sum(len(s.message.recipients) for s in selection)
     then = "leave them on hold" if keep else "delete them from Postfix"
-    return confirmed(
-        f"Export {len(selection)} messages ({recipients} recipients) to {folder} and {then}?",
-        terminal,
-    )
+    return f"Export {len(selection)} messages ({recipients} recipients) to {folder} and {then}?"
 
 
 @click.command()
@@ -198,7 +175,12 @@ def export(
         reporter.finish(summary)
         return
 
-    terminal = where_to_ask(yes, "export")
+    only = confirmed_keys(
+        yes,
+        "export",
+        lambda: select(cfg, selectors),
+        lambda asked: question(asked, folder, keep),
+    )
     prepare_folder(folder)
     # The folder's own lock keeps a `flush --from` on it out while we write into it.
     folder_lock = JournalConfig(ExportQueue(folder).journal_path).lock_path
@@ -211,11 +193,9 @@ def export(
             journal.begin_run("export", os.getpid(), keep=cfg.journal.keep)
             postfix = Postfix(cfg.postfix)
             report_recovery(recover(journal, postfix), as_json=as_json)
-            selection = select(cfg, selectors)
+            selection = select(cfg, selectors, only=only)
             if not selection:
                 click.echo("Nothing to export: no deferred message matches.", err=True)
-            if selection and terminal and not confirm(selection, folder, keep, terminal):
-                fail(ExitCode.USAGE, "not confirmed; nothing was changed")
             reporter = ExportReporter(as_json=as_json, dry_run=False)
             run = Export(
                 queue=postfix,

@@ -17,14 +17,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
 
 import click
 
 from rescue.classify.inventory import Inventory
 from rescue.classify.select import Selectors, choose
-from rescue.cli.asking import confirmed, where_to_ask
-from rescue.cli.boundary import end_at_once, fail
+from rescue.cli.asking import confirmed_keys
+from rescue.cli.boundary import end_at_once
 from rescue.cli.common import (
     is_terminal,
     load_config,
@@ -75,7 +74,16 @@ def whole(message: QueuedMessage, classes: Sequence[Classification]) -> Selected
 class Chooser:
     """Which listed messages a flush takes: by the selectors, or all of an export."""
 
-    def __init__(self, reader: QueueReader, selectors: Selectors, *, everything: bool) -> None:
+    def __init__(
+        self,
+        reader: QueueReader,
+        selectors: Selectors,
+        *,
+        everything: bool,
+        only: frozenset[str] | None = None,
+    ) -> None:
+        """`only`: the keys (QueuedMessage.key) of the messages that may be taken at all,
+        those the admin confirmed; None: no such limit."""
         unknown = selectors.providers - set(reader.catalog.by_name)
         if unknown:
             names = ", ".join(sorted(reader.catalog.by_name))
@@ -86,12 +94,15 @@ class Chooser:
         self.reader = reader
         self.selectors = selectors
         self.everything = everything
+        self.only = only
         self.now = time.time()
 
     def chosen(self, part: Inventory) -> list[Selected]:
         """The messages of one part of the listing to take, oldest first."""
         out = []
         for message in part.messages:
+            if self.only is not None and message.key not in self.only:
+                continue
             classes = part.classes[message.queue_id]
             if self.everything:
                 selected = whole(message, classes)
@@ -141,11 +152,17 @@ def _arrival(selected: Selected) -> int:
 
 
 def select(
-    cfg: Config, selectors: Selectors, source: MailQueue | None = None, *, everything: bool = False
+    cfg: Config,
+    selectors: Selectors,
+    source: MailQueue | None = None,
+    *,
+    everything: bool = False,
+    only: frozenset[str] | None = None,
 ) -> list[Selected]:
-    """The messages to take, oldest first; `everything` ignores providers (an export)."""
+    """The messages to take, oldest first; `everything` ignores providers (an export);
+    `only`: as Chooser's."""
     reader = QueueReader(cfg, source=source, use_dns=not everything)
-    return run_async(Chooser(reader, selectors, everything=everything).all())
+    return run_async(Chooser(reader, selectors, everything=everything, only=only).all())
 
 
 def open_copy(spool: Path | None, from_dir: Path | None) -> Copy | None:
@@ -216,13 +233,12 @@ def report_recovery(report: RecoveryReport, *, as_json: bool = False) -> None:
         )
 
 
-def confirm(selection: list[Selected], cfg: Config, terminal: TextIO) -> bool:
+def question(selection: list[Selected], cfg: Config) -> str:
     recipients = sum(len(s.message.recipients) for s in selection)
     providers = sorted({s.provider for s in selection})
-    return confirmed(
+    return (
         f"Reroute {len(selection)} messages ({recipients} recipients; "
-        f"{', '.join(providers)}) through {sending(cfg).primary.name}?",
-        terminal,
+        f"{', '.join(providers)}) through {sending(cfg).primary.name}?"
     )
 
 
@@ -316,23 +332,6 @@ def show_dry_run(cfg: Config, selection: list[Selected], *, as_json: bool) -> No
     reporter.finish(preview(selection, srs, send.primary.name, reporter))
 
 
-def what_to_flush(
-    chooser: Chooser, cfg: Config, *, ask: TextIO | None
-) -> tuple[list[Selected] | AsyncIterator[list[Selected]], int | None]:
-    """(the selection, how many) after asking on `ask`, a terminal; without asking it
-    streams (how many: None).
-
-    Asking first needs the whole selection in memory; a flush with --yes holds and
-    sends each part of the listing as it reads on.
-    """
-    if ask is None:
-        return chooser.batches(), None
-    selection = run_async(chooser.all())
-    if selection and not confirm(selection, cfg, ask):
-        fail(ExitCode.USAGE, "not confirmed; nothing was changed")
-    return selection, len(selection)
-
-
 FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
@@ -417,7 +416,12 @@ def flush(
     if dry_run:
         show_dry_run(cfg, select(cfg, selectors, copy, everything=everything), as_json=as_json)
         return
-    terminal = where_to_ask(yes, "flush")
+    only = confirmed_keys(
+        yes,
+        "flush",
+        lambda: select(cfg, selectors, copy, everything=everything),
+        lambda asked: question(asked, cfg),
+    )
 
     journal_cfg = cfg.journal if copy is None else JournalConfig(copy.journal_path)
     with queue_lock(journal_cfg.lock_path, "flush", wait):
@@ -451,15 +455,18 @@ def flush(
                 QueueReader(cfg, source=copy, use_dns=not everything),
                 selectors,
                 everything=everything,
+                only=only,
             )
             interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
-            selection, total = what_to_flush(chooser, cfg, ask=terminal)
             reporter = FlushReporter(
-                as_json=as_json, total=total, interactive=interactive, dry_run=False
+                as_json=as_json,
+                total=len(only) if only is not None else None,
+                interactive=interactive,
+                dry_run=False,
             )
             summary = execute(
                 cfg,
-                selection,
+                chooser.batches(),
                 queue,
                 read_envelope,
                 journal,
