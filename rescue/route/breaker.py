@@ -73,12 +73,12 @@ def overridden(route: ProviderRoute, value: str, now: float) -> ProviderRoute:
     """A manual override (REROUTING or HEALTHY), or AUTO to clear it."""
     if value not in OVERRIDES:
         raise ValueError(f"expected one of {', '.join(OVERRIDES)}, got {value!r}")
-    new = replace(route, override=None if value == AUTO else value)
-    if new.override is not None and new.state != new.override:
-        # The breaker starts from the state set by hand once the override is cleared:
-        # a provider forced to rerouting is probed, one forced healthy is trusted.
-        new = replace(new, state=new.override, reason="set by hand", probes_ok=0)
-    return _changed(route, new, now)
+    # The breaker's own state stays as it is beneath an override (the auto rules still
+    # trip it), so AUTO hands the provider back to what the breaker says by itself. It
+    # used to take over the state set by hand: a provider forced to rerouting and then
+    # set to auto waited for probes, which need mail the provider refused, and mail to
+    # it no longer went there: it stayed rerouting for good.
+    return _changed(route, replace(route, override=None if value == AUTO else value), now)
 
 
 def _changed(old: ProviderRoute, new: ProviderRoute, now: float) -> ProviderRoute:

@@ -87,12 +87,20 @@ def test_override_wins_until_cleared() -> None:
     assert route.rerouting and route.changed_at == T0
     assert not needs_probe(route)  # held there by hand: not probed
     assert probed(route, True, "250", T0 + 1, recover_after=1).rerouting
+    # Cleared: what the breaker says by itself, which never tripped.
     cleared = overridden(route, AUTO, T0 + 2)
-    assert cleared.override is None and cleared.state == REROUTING and needs_probe(cleared)
-    assert cleared.changed_at == T0  # still rerouting: no change to note
+    assert cleared.override is None and not cleared.rerouting and not needs_probe(cleared)
+    assert cleared.changed_at == T0 + 2
+    # Tripped beneath an override: rerouting, and probed, once it is cleared.
+    beneath = tripped(route, "3 deferred messages match", T0 + 3)
+    assert beneath.override == REROUTING and beneath.state == REROUTING
+    assert beneath.changed_at == T0  # the effective state did not change
+    back = overridden(beneath, AUTO, T0 + 4)
+    assert back.rerouting and needs_probe(back) and back.reason == "3 deferred messages match"
     forced = overridden(tripped(ProviderRoute("gmx"), "deferred", T0), HEALTHY, T0 + 5)
     assert not forced.rerouting and forced.changed_at == T0 + 5
-    assert "set by hand" in forced.describe()
+    assert forced.describe() == "healthy (set by hand; by itself it would be rerouting)"
+    assert overridden(forced, AUTO, T0 + 6).rerouting
     with pytest.raises(ValueError, match="expected one of"):
         overridden(route, "sometimes", T0)
 
