@@ -133,10 +133,13 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str | None = None) -> float:
+    """Seconds in `30m`, `2h`, `1d` or a bare number; a mistake names `option`."""
     match = _DURATION.match(text.strip())
     if not match:
-        raise click.BadParameter(f"expected a duration like 30m, 2h, 1d, got {text!r}")
+        raise click.BadParameter(
+            f"expected a duration like 30m, 2h, 1d, got {text!r}", param_hint=option
+        )
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     return float(match.group(1)) * unit
 

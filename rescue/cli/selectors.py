@@ -28,11 +28,7 @@ def selectors_from(
         reason_re = re.compile(reason, re.IGNORECASE) if reason else None
     except re.error as exc:
         raise click.BadParameter(f"not a valid regex: {exc}", param_hint="--reason") from None
-    try:
-        age = parse_duration(older_than) if older_than else None
-    except click.BadParameter as exc:
-        exc.param_hint = "--older-than"
-        raise
+    age = parse_duration(older_than, "--older-than") if older_than else None
     return Selectors(
         providers=frozenset(p.lower() for p in provider),
         queue_ids=frozenset(queue_id),

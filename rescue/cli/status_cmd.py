@@ -150,7 +150,7 @@ def status(ctx: click.Context, since: str, as_json: bool) -> None:
     holds the lock (the service holds it only during a cycle). Reads the
     journal and the lock files only: it works while another command runs.
     """
-    window = parse_duration(since)
+    window = parse_duration(since, "--since")
     cfg = load_config(ctx)
     now = time.time()
     if cfg.journal.path.exists():

@@ -420,11 +420,9 @@ class Flush(Settling):
         except AcceptedWhileCancelled as exc:  # delivered: deleted as the flush ends
             self._took(item, exc.accepted)
             raise
-        except DeliveryError as exc:
+        except DeliveryError as exc:  # logged by the dispatcher, uncertain or not
             item.detail = str(exc)
             item.uncertain = exc.uncertain
-            if exc.uncertain:
-                log.warning("%s: %s", qid, exc)
             self._refused.append(item)
             return
         self._took(item, accepted)

@@ -148,10 +148,14 @@ def smarthost_quota(
         hour, day = last_hour.get(host.name, 0), last_day.get(host.name, 0)
         left[host.name] = remaining(host, hour, day)
         if left[host.name] == 0:
-            full.append(
-                f"{host.name} took {hour} in the last hour (max_per_hour {host.max_per_hour}), "
-                f"{day} in the last day (max_per_day {host.max_per_day})"
-            )
+            took = [
+                f"{count} in the last {span}" + (f" (max_per_{span} {limit})" if limit else "")
+                for count, span, limit in (
+                    (hour, "hour", host.max_per_hour),
+                    (day, "day", host.max_per_day),
+                )
+            ]
+            full.append(f"{host.name} took {', '.join(took)}")
     usable = [h for h in smarthosts if left[h.name] != 0]
     if not usable:
         return Quota((), 0, tuple(full))

@@ -316,6 +316,8 @@ def test_timeout_after_end_of_data_is_counted_and_given_back(w: World) -> None:
     assert "may be sent more than once" in outcome["detail"]
     assert result.summary["uncertain"] == 1
     assert w.lab.queue_ids("deferred") == [qid]
+    warned = [line for line in result.stderr.splitlines() if "more than once" in line]
+    assert len(warned) == 1, result.stderr  # once, by the dispatcher (it was twice)
 
 
 STOPPED_PART_WAY = """#!/bin/sh

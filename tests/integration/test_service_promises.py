@@ -129,7 +129,7 @@ def test_max_per_day_counts_a_day_and_every_metric_says_what_happened(
         svc.notify.wait_for("READY=1")
         svc.notify.next_cycle()
         assert svc.terminate() == 0
-    assert "relay1 took 0 in the last hour (max_per_hour None), 2 in the last day" in svc.log()
+    assert "relay1 took 0 in the last hour, 2 in the last day (max_per_day 2)" in svc.log()
     assert len(w.smarthost.received) == 2
 
     # A day later there is room again.

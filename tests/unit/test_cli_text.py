@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -39,3 +41,19 @@ def test_a_bad_age_names_the_option() -> None:
         select("xx")
     assert caught.value.param_hint == "--older-than"
     assert "'xx'" in caught.value.format_message()
+
+
+def test_status_names_a_bad_since(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "rescue", "--config", str(config), "status", "--since", "5x"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == 2
+    assert "Invalid value for --since: expected a duration like 30m, 2h, 1d, got '5x'" in (
+        result.stderr
+    )
