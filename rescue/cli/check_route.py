@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +40,27 @@ def _table(cfg: Config) -> str:
     return f"postmap -q answers from {table.spec}"
 
 
+def map_list(value: str) -> list[str]:
+    """A Postfix list of maps, split as Postfix splits it: at blanks and commas, except
+    inside `{ }` (an `inline:{ a=b, c=d }` map is one item)."""
+    maps: list[str] = []
+    item, depth = "", 0
+    for char in value:
+        if depth == 0 and (char.isspace() or char == ","):
+            if item:
+                maps.append(item)
+            item = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        item += char
+    if item:
+        maps.append(item)
+    return maps
+
+
 def _transport_maps(cfg: Config, route: RouteConfig) -> str:
     value = Postfix(cfg.postfix).postconf("transport_maps")
-    maps = [m for m in re.split(r"[\s,]+", value) if m]
+    maps = map_list(value)
     if not maps or maps[0] != route.map:
         raise PostfixError(
             f"transport_maps = {value or '(empty)'}: name {route.map} first, "

@@ -49,7 +49,7 @@ class Metrics:
         )
         self.failed = Counter(
             "queue_rescue_failed_messages",
-            "Messages not rerouted and given back to Postfix.",
+            "Messages a cycle did not reroute (released to Postfix, or unreadable).",
             ["provider", "smarthost"],
             registry=r,
         )

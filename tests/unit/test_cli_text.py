@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
+from rescue.cli.check_route import map_list
 from rescue.cli.group import EXIT_CODES
 from rescue.cli.selectors import selectors_from
 
@@ -57,3 +58,13 @@ def test_status_names_a_bad_since(tmp_path: Path) -> None:
     assert "Invalid value for --since: expected a duration like 30m, 2h, 1d, got '5x'" in (
         result.stderr
     )
+
+
+def test_a_map_list_splits_as_postfix_splits_it() -> None:
+    value = "hash:/var/lib/qr/route, inline:{ a.test=smtp:[x]:25, b.test = relay } lmdb:/t"
+    assert map_list(value) == [
+        "hash:/var/lib/qr/route",
+        "inline:{ a.test=smtp:[x]:25, b.test = relay }",
+        "lmdb:/t",
+    ]
+    assert map_list("") == [] and map_list(" , hash:/a,,hash:/b ") == ["hash:/a", "hash:/b"]
