@@ -197,8 +197,9 @@ class Service:
             started = time.monotonic()
             holder = self._lock.take() if self._lock is not None else None
             if holder is not None:
-                log.info("a flush by hand has the queue (%s): this cycle is skipped", holder)
-                cycle = Cycle(skipped_for=f"held by {holder}")
+                # The holder of the queue, or a flush waiting its turn ("waiting since").
+                log.info("a flush by hand has or waits for the queue (%s): cycle skipped", holder)
+                cycle = Cycle(skipped_for=f"held or awaited by {holder}")
             else:
                 try:
                     if started - pruned >= PRUNE_EVERY:
