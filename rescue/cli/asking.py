@@ -80,10 +80,11 @@ def confirmed(question: str, terminal: TextIO) -> bool:
         except KeyboardInterrupt:
             terminal.write("\n")
             raise
+        if not line:  # the end of the input
+            terminal.write("\n")  # end the question's line
+            return False
         answer = line.strip().lower()
-        if not line or answer in ("", "n", "no"):
-            if not line:
-                terminal.write("\n")  # end the question's line
+        if answer in ("", "n", "no"):
             return False
         if answer in ("y", "yes"):
             return True

@@ -231,10 +231,12 @@ def _password(from_stdin: bool, yes: bool) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not yes:
         password = click.prompt("Password", hide_input=True, err=True)
-    if not password and from_stdin:
-        raise click.UsageError("--password-stdin: the first line of standard input is empty")
     if not password:
-        raise click.UsageError("a login needs a password (--password-stdin)")
+        raise click.UsageError(
+            "--password-stdin: the first line of standard input is empty"
+            if from_stdin
+            else "a login needs a password (--password-stdin)"
+        )
     return password
 
 

@@ -28,12 +28,11 @@ def selectors_from(
         reason_re = re.compile(reason, re.IGNORECASE) if reason else None
     except re.error as exc:
         raise click.BadParameter(f"not a valid regex: {exc}", param_hint="--reason") from None
-    age = parse_duration(older_than, "--older-than") if older_than else None
     return Selectors(
         providers=frozenset(p.lower() for p in provider),
         queue_ids=frozenset(queue_id),
         domains=frozenset(d.lower().lstrip("@") for d in domain),
-        older_than=age,
+        older_than=parse_duration(older_than, "--older-than") if older_than else None,
         reason=reason_re,
         limit=limit,
         all=select_all,
